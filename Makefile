@@ -1,0 +1,34 @@
+# Two commands do everything on a fresh machine: `make demo` and `make test`.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+WORKDIR ?= workdir/demo
+DATADIR ?= workdir/demo_data
+PIP_VERSION := 26.3
+# scenedetect is installed with --no-deps: it depends on opencv-python, which clashes with
+# opencv-python-headless (same cv2 folder); its small deps come from the prep extra.
+SCENEDETECT := scenedetect==0.7.2
+export PYTHONHASHSEED := 0
+
+.PHONY: venv demo test bench clean
+
+$(BIN)/.installed: setup.cfg constraints.txt
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip==$(PIP_VERSION)
+	$(BIN)/python -m pip install -q -c constraints.txt -e '.[test,prep,launch]'
+	$(BIN)/python -m pip install -q --no-deps $(SCENEDETECT)
+	touch $@
+
+venv: $(BIN)/.installed
+
+demo: venv
+	$(BIN)/python -m stiv_jax.demo_data --output=$(DATADIR)
+	$(BIN)/stiv-train --config=experiments/configs/demo.py --workdir=$(WORKDIR) \
+		--config.data.path=$(DATADIR)/shards
+
+test: venv
+	$(BIN)/python -m pytest -q -n 2 --dist loadfile tests
+
+clean:
+	rm -rf $(VENV) workdir
