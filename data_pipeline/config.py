@@ -1,0 +1,129 @@
+"""Settings of every `stiv-prep` stage, one ml-collections ConfigDict; every threshold is a field."""
+from __future__ import annotations
+
+import ml_collections
+
+# Colors and shapes the synthetic-corpus VQA backend recognises (name -> RGB in 0..255).
+DEFAULT_PALETTE = {
+    "red": (230, 40, 40),
+    "green": (40, 200, 60),
+    "blue": (40, 70, 230),
+    "yellow": (240, 220, 40),
+    "white": (245, 245, 245),
+    "magenta": (220, 50, 220),
+    "cyan": (40, 220, 230),
+    "orange": (245, 140, 30),
+}
+DEFAULT_SHAPES = ("square", "circle", "triangle")
+DEFAULT_CATEGORIES = (
+    "animals", "people", "nature", "vehicles", "food", "sports", "urban",
+    "indoor", "art_and_animation", "abstract_shapes", "other",
+)
+
+
+def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
+  """Returns the default pipeline config; `arg='tiny'` shrinks it for tests."""
+  c = ml_collections.ConfigDict()
+
+  run = c.run = ml_collections.ConfigDict()
+  run.workers = 1                 # process-pool size (1 = in-process, no pool)
+  run.video_extensions = (".mp4", ".mov", ".mkv", ".webm", ".avi")
+  run.progress = True             # tqdm bar per stage (auto-off when stderr is not a tty)
+  run.stages = ("probe", "scenes", "features", "filter", "caption", "classify", "dsg", "encode")
+
+  probe = c.probe = ml_collections.ConfigDict()
+  probe.min_bytes = 1             # smaller files are rejected as empty
+  probe.decode_first_frame = True  # proves the stream decodes (a cheap check, not a full decode)
+
+  s = c.scenes = ml_collections.ConfigDict()
+  s.detectors = ("content", "adaptive")  # any of: content, adaptive
+  s.combine = "union"             # union | intersection of the detectors' cuts
+  s.merge_window = 1              # cuts of different detectors within this many frames are one
+  s.content_threshold = 27.0      # ContentDetector.threshold
+  s.adaptive_threshold = 3.0      # AdaptiveDetector.adaptive_threshold
+  s.adaptive_min_content_val = 15.0
+  s.adaptive_window_width = 2
+  s.min_scene_len = 8             # frames between detected cuts (detector setting)
+  s.luma_only = False
+  s.black_level = 20.0            # mean luma (0..255) below which a frame is black (fades)
+  s.min_clip_frames = 16          # shorter single-shot spans are dropped
+  s.max_clip_frames = 240         # longer shots are split into pieces of at most this length
+  s.cut_to_files = False          # False: clips are (video, span) references; True: MP4 files
+  s.cut_codec = "mpeg4"           # encoder used when cutting to files
+
+  f = c.features = ml_collections.ConfigDict()
+  f.num_sampled_frames = 8        # frames sampled uniformly per clip for all features
+  f.analysis_short_side = 96      # analysis resolution: short side in pixels (aspect kept)
+  f.farneback_pyr_scale = 0.5
+  f.farneback_levels = 2
+  f.farneback_winsize = 9
+  f.farneback_iterations = 2
+  f.farneback_poly_n = 5
+  f.farneback_poly_sigma = 1.1
+  f.aesthetic_backend = "proxy"   # 'proxy' (colorfulness/contrast, NOT a model) or 'module:fn'
+  f.ocr_backend = "proxy"         # 'proxy' (edge-blob heuristic, NOT OCR) or 'module:fn'
+  f.text_min_blob_area = 12       # proxy OCR: min area (analysis pixels) of a text-like blob
+  f.text_max_blob_height_frac = 0.12  # proxy OCR: taller blobs are not text lines
+  f.similarity_bins = 8           # temporal consistency: bins per channel of the color histogram
+  f.portrait_ratio = 1.05         # height/width above this -> portrait; width/height -> landscape
+
+  flt = c.filter = ml_collections.ConfigDict()
+  flt.min_motion = 0.02           # pixels/frame at analysis resolution
+  flt.max_motion = 20.0
+  flt.min_aesthetic = 0.0
+  flt.max_text_fraction = 0.2
+  flt.min_height = 32
+  flt.min_width = 32
+  flt.min_sharpness = 5.0
+  flt.min_temporal_consistency = 0.5
+  flt.min_frames = 16
+  flt.allowed_orientations = ("landscape", "portrait", "square")
+
+  cap = c.caption = ml_collections.ConfigDict()
+  cap.backend = "sidecar"         # sidecar | stub | vlm
+  cap.prompt = "Describe this video in one detailed sentence."
+  cap.num_frames = 8
+  cap.frame_short_side = 224
+  cap.sidecar_suffix = ".json"    # <video stem><suffix> next to the video
+  cap.vlm_path = ""               # local weights folder of a video-language model (vlm backend)
+  cap.vlm_max_new_tokens = 64
+  cap.fallback = "stub"           # backend used when the sidecar has no caption ('' = reject)
+
+  cl = c.classify = ml_collections.ConfigDict()
+  cl.backend = "keyword"          # keyword | llm
+  cl.categories = DEFAULT_CATEGORIES
+  cl.llm_path = ""                # local weights folder of a causal LM (llm backend)
+  cl.llm_max_new_tokens = 8
+
+  d = c.dsg = ml_collections.ConfigDict()
+  d.question_backend = "rules"    # rules | llm
+  d.vqa_backend = "synthetic"     # synthetic (colors and shapes by pixels) | module:fn
+  d.num_frames = 4                # uniformly sampled frames answered per question
+  d.color_tolerance = 60.0        # synthetic VQA: max RGB distance to a palette color
+  d.min_object_area = 20          # synthetic VQA: min pixels of a colored blob (at native res)
+  d.square_min_fill = 0.86        # fill ratio (area / bbox area) of a square
+  d.circle_fill = (0.68, 0.86)    # fill ratio range of a circle
+  d.triangle_fill = (0.35, 0.68)  # fill ratio range of a triangle
+  d.max_aspect = 1.6              # blobs more elongated than this are no shape
+  d.palette = ml_collections.ConfigDict({k: list(v) for k, v in DEFAULT_PALETTE.items()})
+  d.shapes = DEFAULT_SHAPES
+
+  e = c.encode = ml_collections.ConfigDict()
+  e.num_frames = 8                # frames per encoded clip
+  e.stride = 2                    # temporal stride in source frames
+  e.buckets = ((64, 64), (48, 80), (80, 48))  # (height, width) bucket resolutions
+  e.batch_frames = 16             # frames per VAE call
+  e.examples_per_shard = 64
+  e.vae = ml_collections.ConfigDict({"kind": "pixel", "spatial_factor": 8, "latent_channels": 4})
+  e.text = ml_collections.ConfigDict({"kind": "hash", "dim": 64, "max_length": 16})
+
+  if arg == "tiny":
+    f.num_sampled_frames = 4
+    f.analysis_short_side = 64
+    s.min_clip_frames = 8
+    s.max_clip_frames = 48
+    flt.min_frames = 8
+    e.num_frames = 4
+  elif arg:
+    raise ValueError(f"data_pipeline.config: unknown config arg {arg!r}; expected '' or 'tiny'")
+  return c

@@ -1,0 +1,160 @@
+"""Stage 3, features: per-clip scores from a fixed number of sampled frames at a fixed size.
+
+All features of a clip come from the same `num_sampled_frames` frames (uniform over the
+span) at the analysis resolution (short side `analysis_short_side`), both recorded in the
+row. Aesthetic and text-area scores come from pluggable backends (`module:function`
+taking RGB uint8 [N, H, W, 3] and returning a float); without one, clearly named cheap
+proxies are used: `proxy_colorfulness_contrast` (NOT a learned aesthetic model) and
+`proxy_edge_blobs` (NOT OCR: fraction of area covered by text-line-shaped edge blobs).
+"""
+from __future__ import annotations
+
+import importlib
+from typing import Callable
+
+import cv2
+import numpy as np
+
+from data_pipeline import video_io
+
+Backend = Callable[[np.ndarray], float]
+
+
+def sample_indices(start: int, end: int, n: int) -> list[int]:
+  """`n` frame indices spread uniformly over [start, end) (fewer if the span is shorter)."""
+  if end <= start:
+    raise ValueError(f"sample_indices: empty span [{start}, {end})")
+  n = min(n, end - start)
+  return sorted(set(int(round(x)) for x in np.linspace(start, end - 1, n)))
+
+
+def _gray(frames_bgr: np.ndarray) -> list[np.ndarray]:
+  return [cv2.cvtColor(f, cv2.COLOR_BGR2GRAY) for f in frames_bgr]
+
+
+def motion_score(grays: list[np.ndarray], gaps: list[int], fcfg) -> float:
+  """Mean Farneback optical-flow magnitude, in analysis pixels per source frame."""
+  if len(grays) < 2:
+    return 0.0
+  mags = []
+  for a, b, gap in zip(grays[:-1], grays[1:], gaps):
+    flow = cv2.calcOpticalFlowFarneback(
+        a, b, None, fcfg.farneback_pyr_scale, int(fcfg.farneback_levels),
+        int(fcfg.farneback_winsize), int(fcfg.farneback_iterations), int(fcfg.farneback_poly_n),
+        fcfg.farneback_poly_sigma, 0)
+    mags.append(float(np.sqrt((flow ** 2).sum(-1)).mean()) / max(gap, 1))
+  return float(np.mean(mags))
+
+
+def sharpness(grays: list[np.ndarray]) -> float:
+  """Mean over frames of the variance of the Laplacian (higher = sharper)."""
+  return float(np.mean([cv2.Laplacian(g, cv2.CV_64F).var() for g in grays]))
+
+
+def temporal_consistency(frames_bgr: np.ndarray, bins: int) -> float:
+  """Lowest color-histogram correlation between consecutive sampled frames (1 = same)."""
+  if len(frames_bgr) < 2:
+    return 1.0
+  hists = []
+  for f in frames_bgr:
+    h = cv2.calcHist([f], [0, 1, 2], None, [bins] * 3, [0, 256] * 3)
+    hists.append(cv2.normalize(h, h).flatten())
+  return float(min(cv2.compareHist(a, b, cv2.HISTCMP_CORREL) for a, b in zip(hists[:-1], hists[1:])))
+
+
+def proxy_colorfulness_contrast(frames_rgb: np.ndarray) -> float:
+  """Cheap aesthetic PROXY in [0, 10]: Hasler-Suesstrunk colorfulness + RMS contrast.
+
+  Not a learned aesthetic model; stands in when `features.aesthetic_backend` is 'proxy'.
+  """
+  scores = []
+  for f in np.asarray(frames_rgb, np.float32):
+    r, g, b = f[..., 0], f[..., 1], f[..., 2]
+    rg, yb = r - g, 0.5 * (r + g) - b
+    colorful = np.sqrt(rg.std() ** 2 + yb.std() ** 2) + 0.3 * np.sqrt(rg.mean() ** 2 + yb.mean() ** 2)
+    contrast = (0.299 * r + 0.587 * g + 0.114 * b).std()
+    scores.append(10.0 * min(1.0, 0.5 * colorful / 100.0 + 0.5 * contrast / 64.0))
+  return float(np.mean(scores))
+
+
+def make_proxy_edge_blobs(min_area: int, max_height_frac: float) -> Backend:
+  """Cheap text-area PROXY (NOT OCR): area fraction of wide, short, dense edge blobs."""
+
+  def text_fraction(frames_rgb: np.ndarray) -> float:
+    fracs = []
+    for f in frames_rgb:
+      gray = cv2.cvtColor(np.ascontiguousarray(f), cv2.COLOR_RGB2GRAY)
+      grad = cv2.morphologyEx(gray, cv2.MORPH_GRADIENT, np.ones((3, 3), np.uint8))
+      _, bw = cv2.threshold(grad, 0, 255, cv2.THRESH_BINARY | cv2.THRESH_OTSU)
+      bw = cv2.morphologyEx(bw, cv2.MORPH_CLOSE, cv2.getStructuringElement(cv2.MORPH_RECT, (5, 1)))
+      n, _, stats, _ = cv2.connectedComponentsWithStats(bw, connectivity=8)
+      covered = 0
+      for x, y, w, h, area in stats[1:n]:
+        if (area >= min_area and w >= 2 * h and h <= max_height_frac * gray.shape[0]
+            and area >= 0.4 * w * h):
+          covered += w * h
+      fracs.append(covered / float(gray.size))
+    return float(np.mean(fracs))
+
+  return text_fraction
+
+
+def load_backend(spec: str, field: str, proxy: Backend) -> tuple[str, Backend]:
+  """'proxy' -> (proxy name, proxy); 'package.module:function' -> the imported function."""
+  if spec == "proxy":
+    return getattr(proxy, "__name__", "proxy"), proxy
+  if ":" not in spec:
+    raise ValueError(f"features.{field}: expected 'proxy' or 'module:function', got {spec!r}")
+  mod, fn = spec.split(":", 1)
+  try:
+    return spec, getattr(importlib.import_module(mod), fn)
+  except (ImportError, AttributeError) as err:
+    raise ValueError(f"features.{field}: cannot load {spec!r}: {err}") from err
+
+
+class FeatureExtractor:
+  """Computes the feature row of a clip from its sampled BGR frames (backends bound once)."""
+
+  def __init__(self, fcfg):
+    self.cfg = fcfg
+    self.aesthetic_name, self.aesthetic = load_backend(
+        fcfg.aesthetic_backend, "aesthetic_backend", proxy_colorfulness_contrast)
+    self.ocr_name, self.ocr = load_backend(
+        fcfg.ocr_backend, "ocr_backend",
+        make_proxy_edge_blobs(int(fcfg.text_min_blob_area), fcfg.text_max_blob_height_frac))
+    if fcfg.ocr_backend == "proxy":
+      self.ocr_name = "proxy_edge_blobs"
+
+  def __call__(self, frames_bgr: np.ndarray, indices: list[int], clip: dict) -> dict:
+    """Pure core: features of one clip from frames [N, h, w, 3] BGR at analysis size."""
+    frames_bgr = np.asarray(frames_bgr)
+    if frames_bgr.ndim != 4 or len(frames_bgr) != len(indices):
+      raise ValueError(f"clip {clip.get('id')}: {len(indices)} indices but frames "
+                       f"{frames_bgr.shape}")
+    grays = _gray(frames_bgr)
+    gaps = [b - a for a, b in zip(indices[:-1], indices[1:])]
+    rgb = frames_bgr[..., ::-1]
+    return dict(
+        motion=motion_score(grays, gaps, self.cfg),
+        aesthetic=float(self.aesthetic(rgb)),
+        aesthetic_backend=self.aesthetic_name,
+        text_fraction=float(self.ocr(rgb)),
+        ocr_backend=self.ocr_name,
+        sharpness=sharpness(grays),
+        temporal_consistency=temporal_consistency(frames_bgr, int(self.cfg.similarity_bins)),
+        height=int(clip["height"]), width=int(clip["width"]),
+        orientation=clip["orientation"],
+        analysis_height=int(frames_bgr.shape[1]), analysis_width=int(frames_bgr.shape[2]),
+        num_sampled_frames=len(indices), sampled_indices=list(map(int, indices)),
+    )
+
+
+def features_for_clip(clip: dict, extractor: FeatureExtractor) -> dict:
+  """Standalone path: decodes the clip's sampled frames (seeking) and computes its features."""
+  fcfg = extractor.cfg
+  idx = sample_indices(clip["start"], clip["end"], int(fcfg.num_sampled_frames))
+  size = video_io.analysis_size(clip["height"], clip["width"], int(fcfg.analysis_short_side))
+  if clip.get("rotation", 0) % 180:
+    size = (size[1], size[0])  # decoded (stored) frames are unrotated
+  rgb = video_io.read_frames(clip["path"], idx, size)
+  return {**clip, **extractor(np.ascontiguousarray(rgb[..., ::-1]), idx, clip)}

@@ -1,0 +1,72 @@
+"""Attention: one kernel entry point, and the spatial/temporal/cross attention modules.
+
+`attend` wraps `jax.nn.dot_product_attention` (cuDNN flash attention on a GPU when asked); it is
+the single function a TPU splash-attention kernel would replace. Every attention has QK-norm.
+"""
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from stiv_jax.models import layers, rope
+
+
+def attend(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array | None = None,
+           implementation: str = "xla") -> jax.Array:
+  """q [B, S, N, H], k/v [B, L, N, H], mask broadcastable to [B, N, S, L] (True = attend)."""
+  impl = None if implementation == "auto" else implementation
+  return jax.nn.dot_product_attention(q, k, v, mask=mask, implementation=impl)
+
+
+class Attention(nnx.Module):
+  """Multi-head attention with QK-norm; queries from x, keys/values from x or a context."""
+
+  def __init__(self, hidden: int, heads: int, *, kv_dim: int | None = None,
+               kv_axis: str = "embed", qk_norm: bool = True, rngs: nnx.Rngs,
+               dtype=jnp.float32, eps: float = 1e-6, implementation: str = "xla"):
+    head_dim = hidden // heads
+    kv_dim = kv_dim or hidden
+    self.heads, self.head_dim, self.implementation = heads, head_dim, implementation
+    self.q = layers.Dense(hidden, (heads, head_dim), ("embed", "heads", "kv"), rngs=rngs,
+                          dtype=dtype)
+    self.k = layers.Dense(kv_dim, (heads, head_dim), (kv_axis, "heads", "kv"), rngs=rngs,
+                          dtype=dtype)
+    self.v = layers.Dense(kv_dim, (heads, head_dim), (kv_axis, "heads", "kv"), rngs=rngs,
+                          dtype=dtype)
+    self.o = layers.Dense((heads, head_dim), hidden, ("heads", "kv", "embed"), rngs=rngs,
+                          dtype=dtype)
+    self.q_norm = layers.RMSNorm(head_dim, "kv", rngs=rngs, eps=eps) if qk_norm else None
+    self.k_norm = layers.RMSNorm(head_dim, "kv", rngs=rngs, eps=eps) if qk_norm else None
+
+  def project(self, x: jax.Array, context: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
+    q, k, v = self.q(x), self.k(context), self.v(context)
+    if self.q_norm is not None:
+      q, k = self.q_norm(q), self.k_norm(k)
+    return q, k, v
+
+  def __call__(self, x: jax.Array, context: jax.Array | None = None,
+               mask: jax.Array | None = None, q_pos=None, k_pos=None, rope_fn=None) -> jax.Array:
+    """x [B, S, D]; context [B, L, Dk] (None: self-attention); rope_fn(t, pos) rotates q/k."""
+    q, k, v = self.project(x, x if context is None else context)
+    if rope_fn is not None:
+      q, k = rope_fn(q, q_pos), rope_fn(k, k_pos)
+    out = attend(q, k, v, mask=mask, implementation=self.implementation)
+    return self.o(out)
+
+
+def spatial_rope(theta: float):
+  """RoPE over (row, col) positions given as a pair of [B, S] arrays."""
+  return lambda x, pos: rope.apply_rope_2d(x, pos[0], pos[1], theta)
+
+
+def temporal_rope(theta: float):
+  """RoPE over time positions [B, T] (or broadcastable)."""
+  return lambda x, pos: rope.apply_rope(x, pos, theta)
+
+
+def text_mask_for_attention(text_mask: jax.Array) -> jax.Array:
+  """[B, L] key padding mask -> [B, 1, 1, L]; a row with no real token attends everywhere."""
+  text_mask = text_mask.astype(bool)
+  text_mask = text_mask | ~jnp.any(text_mask, axis=-1, keepdims=True)
+  return text_mask[:, None, None, :]

@@ -1,0 +1,105 @@
+"""The STIV block (spatial, temporal, cross attention, FFN; sandwich norm) and the final layer.
+
+Modulation follows PixArt-alpha's adaLN-single: one shared projection of the condition vector
+gives [B, 6, D] (shift/scale/gate for attention and FFN); each block adds its own learned table.
+"""
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+from jax.ad_checkpoint import checkpoint_name
+
+from stiv_jax.models import attention, layers
+
+SELF_ATTN_NAME = "self_attn"  # remat name of spatial/temporal attention outputs
+
+
+class Positions(NamedTuple):
+  """Per-token RoPE positions: rows/cols [B, K] of the kept spatial tokens, time [Tp]."""
+  rows: jax.Array
+  cols: jax.Array
+  time: jax.Array
+
+
+class STIVBlock(nnx.Module):
+  """Spatial attn (2D RoPE, modulated, gated) -> temporal attn (1D RoPE, not causal, unmodulated)
+  -> cross attn to text -> FFN (modulated, gated); QK-norm everywhere, sandwich norm around each."""
+
+  def __init__(self, cfg, *, rngs: nnx.Rngs):
+    dtype = layers.dtype_of(cfg.dtype)
+    d, heads = cfg.hidden, cfg.heads
+    common = dict(qk_norm=cfg.qk_norm, rngs=rngs, dtype=dtype, eps=cfg.norm_eps,
+                  implementation=cfg.attention_impl)
+    self.eps, self.sandwich, self.theta = cfg.norm_eps, cfg.sandwich_norm, cfg.rope_theta
+    self.dtype = dtype
+    self.spatial = attention.Attention(d, heads, **common)
+    self.temporal = attention.Attention(d, heads, **common) if cfg.temporal_attention else None
+    self.cross = (attention.Attention(d, heads, kv_dim=cfg.text_dim, kv_axis="text_embed",
+                                      **common) if cfg.cross_attention else None)
+    mlp = int(d * cfg.mlp_ratio)
+    self.fc1 = layers.Dense(d, mlp, ("embed", "mlp"), rngs=rngs, dtype=dtype)
+    self.fc2 = layers.Dense(mlp, d, ("mlp", "embed"), rngs=rngs, dtype=dtype)
+    self.act = layers.activation(cfg.mlp_activation)
+    # Per-block modulation table added to the shared adaLN output (PixArt's scale_shift_table).
+    self.table = layers.param(rngs, nnx.initializers.normal(d ** -0.5), (6, d), (None, "embed"))
+
+  def _residual(self, x, y, gate=None):
+    if self.sandwich:
+      y = layers.layer_norm(y, self.eps)
+    return x + (y if gate is None else gate * y)
+
+  def __call__(self, x: jax.Array, mod: jax.Array, text: jax.Array, text_mask: jax.Array,
+               pos: Positions) -> jax.Array:
+    """x [B, Tp, K, D]; mod [B, 6, D]; text [B, L, Dt]; text_mask [B, 1, 1, L]."""
+    b, tp, k, d = x.shape
+    m = (mod + self.table[...][None]).astype(self.dtype)[:, :, None, None, :]  # [B, 6, 1, 1, D]
+    shift_a, scale_a, gate_a, shift_f, scale_f, gate_f = (m[:, i] for i in range(6))
+
+    # 1. Spatial self-attention: time folded into batch; 2D RoPE per token; modulated, gated.
+    h = layers.layer_norm(x, self.eps) * (1 + scale_a) + shift_a
+    rows = jnp.broadcast_to(pos.rows[:, None], (b, tp, k)).reshape(b * tp, k)
+    cols = jnp.broadcast_to(pos.cols[:, None], (b, tp, k)).reshape(b * tp, k)
+    h = self.spatial(h.reshape(b * tp, k, d), q_pos=(rows, cols), k_pos=(rows, cols),
+                     rope_fn=attention.spatial_rope(self.theta)).reshape(b, tp, k, d)
+    x = self._residual(x, checkpoint_name(h, SELF_ATTN_NAME), gate_a)
+
+    # 2. Temporal self-attention: space folded into batch; 1D RoPE; bidirectional; no modulation.
+    if self.temporal is not None and tp > 1:
+      h = layers.layer_norm(x, self.eps).transpose(0, 2, 1, 3).reshape(b * k, tp, d)
+      tpos = jnp.broadcast_to(pos.time[None], (b * k, tp))
+      h = self.temporal(h, q_pos=tpos, k_pos=tpos, rope_fn=attention.temporal_rope(self.theta))
+      h = h.reshape(b, k, tp, d).transpose(0, 2, 1, 3)
+      x = self._residual(x, checkpoint_name(h, SELF_ATTN_NAME))
+
+    # 3. Cross-attention to the text token sequence (key padding mask honoured).
+    if self.cross is not None:
+      h = layers.layer_norm(x, self.eps).reshape(b, tp * k, d)
+      h = self.cross(h, context=text, mask=text_mask).reshape(b, tp, k, d)
+      x = self._residual(x, h)
+
+    # 4. FFN: modulated, gated.
+    h = layers.layer_norm(x, self.eps) * (1 + scale_f) + shift_f
+    h = self.fc2(self.act(self.fc1(h)))
+    return self._residual(x, h, gate_f).astype(x.dtype)
+
+
+class FinalLayer(nnx.Module):
+  """Modulated LayerNorm and a zero-initialised Linear to the patch volume."""
+
+  def __init__(self, cfg, *, rngs: nnx.Rngs):
+    d = cfg.hidden
+    out = cfg.patch_t * cfg.patch_s * cfg.patch_s * cfg.latent_channels
+    self.eps = cfg.norm_eps
+    self.table = layers.param(rngs, nnx.initializers.normal(d ** -0.5), (2, d), (None, "embed"))
+    self.linear = layers.Dense(d, out, ("embed", "patch"), rngs=rngs,
+                               kernel_init=nnx.initializers.zeros)
+
+  def __call__(self, x: jax.Array, c: jax.Array) -> jax.Array:
+    """x [B, Tp, S, D], c [B, D] -> [B, Tp, S, patch volume] in float32."""
+    m = (self.table[...][None] + c[:, None]).astype(jnp.float32)[:, :, None, None, :]
+    shift, scale = m[:, 0], m[:, 1]
+    h = layers.layer_norm(x.astype(jnp.float32), self.eps) * (1 + scale) + shift
+    return self.linear(h)

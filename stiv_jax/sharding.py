@@ -1,0 +1,210 @@
+"""Device mesh (data, fsdp, tensor) from the config, logical-axis rules, and state/batch shardings.
+
+Parameters carry logical axis names (WORKSPACE.md); the `mesh.rules` config section maps each
+name to mesh axes. A dimension whose size a mapped axis does not divide is replicated (and the
+rule table says so in `describe_shardings`), so tiny test models still compile on any mesh.
+"""
+from __future__ import annotations
+
+import math
+from typing import Any, Mapping, Sequence
+
+import jax
+import ml_collections
+import numpy as np
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+
+MESH_AXES = ("data", "fsdp", "tensor")
+LOGICAL_AXES = ("batch", "embed", "mlp", "heads", "kv", "qkv", "adaln", "patch", "text_embed",
+                "cond", "layers")
+Rules = Mapping[str, tuple[str, ...]]
+
+
+def default_rules() -> ml_collections.ConfigDict:
+  """Default logical -> mesh rules: FSDP over embed, tensor over heads/mlp, batch over data+fsdp.
+
+  Values are comma-separated mesh axes ('' = replicated) so they can be overridden from the
+  command line (--config.mesh.rules.embed=fsdp,tensor).
+  """
+  return ml_collections.ConfigDict({
+      "batch": "data,fsdp", "embed": "fsdp", "mlp": "tensor", "heads": "tensor", "kv": "",
+      "qkv": "", "adaln": "tensor", "patch": "", "text_embed": "", "cond": "", "layers": "",
+  })
+
+
+def mesh_config(data: int = -1, fsdp: int = 1, tensor: int = 1) -> ml_collections.ConfigDict:
+  """The `mesh` config section: axis sizes (-1 = all remaining devices) and the rule table."""
+  return ml_collections.ConfigDict(
+      {"data": data, "fsdp": fsdp, "tensor": tensor, "rules": default_rules()})
+
+
+def mesh_shape(cfg: Any, num_devices: int) -> tuple[int, int, int]:
+  """Resolves (data, fsdp, tensor) sizes; at most one may be -1 and takes the rest."""
+  sizes = [int(cfg[a]) for a in MESH_AXES]
+  free = [i for i, s in enumerate(sizes) if s == -1]
+  for a, s in zip(MESH_AXES, sizes):
+    if s == 0 or s < -1:
+      raise ValueError(f"mesh.{a}: must be a positive size or -1, got {s}")
+  if len(free) > 1:
+    raise ValueError(f"mesh: only one axis may be -1, got {dict(zip(MESH_AXES, sizes))}")
+  fixed = math.prod(s for s in sizes if s != -1)
+  if free:
+    if num_devices % fixed:
+      raise ValueError(f"mesh: {num_devices} devices not divisible by the fixed axes "
+                       f"{dict(zip(MESH_AXES, sizes))}")
+    sizes[free[0]] = num_devices // fixed
+  if math.prod(sizes) != num_devices:
+    raise ValueError(f"mesh: shape {dict(zip(MESH_AXES, sizes))} needs {math.prod(sizes)} "
+                     f"devices, have {num_devices}")
+  return tuple(sizes)  # type: ignore[return-value]
+
+
+def make_mesh(cfg: Any, devices: Sequence[jax.Device] | None = None) -> Mesh:
+  """Builds the (data, fsdp, tensor) mesh with Auto axis types over `devices` (default all)."""
+  devices = list(devices) if devices is not None else jax.devices()
+  shape = mesh_shape(cfg, len(devices))
+  return jax.make_mesh(shape, MESH_AXES, axis_types=(jax.sharding.AxisType.Auto,) * 3,
+                       devices=devices)
+
+
+def rules_from_config(cfg: Any) -> dict[str, tuple[str, ...]]:
+  """Parses `mesh.rules` into {logical name: tuple of mesh axes} and checks the names."""
+  rules = {}
+  for name, value in dict(cfg).items():
+    if name not in LOGICAL_AXES:
+      raise ValueError(f"mesh.rules.{name}: unknown logical axis; expected one of {LOGICAL_AXES}")
+    axes = tuple(a.strip() for a in str(value or "").split(",") if a.strip())
+    for a in axes:
+      if a not in MESH_AXES:
+        raise ValueError(f"mesh.rules.{name}: mesh axis {a!r} unknown; expected {MESH_AXES}")
+    rules[name] = axes
+  return rules
+
+
+def logical_to_mesh(logical: Sequence[str | None] | None, shape: Sequence[int], mesh: Mesh,
+                    rules: Rules) -> P:
+  """Maps a logical spec to a mesh PartitionSpec; replicates dims the axes do not divide."""
+  if not logical:
+    return P()
+  if len(logical) != len(shape):
+    raise ValueError(f"logical axes {tuple(logical)} do not match shape {tuple(shape)}")
+  used: set[str] = set()
+  out = []
+  for name, size in zip(logical, shape):
+    axes = tuple(a for a in rules.get(name, ()) if a not in used) if name else ()
+    n = math.prod(mesh.shape[a] for a in axes) if axes else 1
+    if not axes or size % n:
+      out.append(None)
+      continue
+    used.update(axes)
+    out.append(axes[0] if len(axes) == 1 else axes)
+  return P(*out)
+
+
+def _leaf_logical(x: Any) -> tuple | None:
+  """Logical axis names of an nnx Variable (its `out_sharding` metadata), or None."""
+  meta = x.get_metadata() if hasattr(x, "get_metadata") else {}
+  names = meta.get("out_sharding") or meta.get("sharding_names") or meta.get("sharding")
+  return tuple(names) if names else None
+
+
+def _is_variable(x: Any) -> bool:
+  return hasattr(x, "get_metadata") and hasattr(x, "value")
+
+
+def param_specs(params: Any, mesh: Mesh, rules: Rules) -> Any:
+  """Tree of mesh PartitionSpecs, one per array leaf of an nnx State of Variables."""
+  def spec(v):
+    return logical_to_mesh(_leaf_logical(v), v.get_value().shape, mesh, rules)
+  specs = jax.tree.map(spec, params, is_leaf=_is_variable)
+  # Re-wrap so the spec tree has exactly the leaf structure of `params` (Variables -> value).
+  return jax.tree.unflatten(jax.tree.structure(params),
+                            jax.tree.leaves(specs, is_leaf=lambda x: isinstance(x, P)))
+
+
+def _path_key(path: tuple) -> tuple:
+  return tuple(str(p) for p in path)
+
+
+def derived_specs(tree: Any, params: Any, pspecs: Any) -> Any:
+  """Specs for a tree whose leaves mirror parameters (optimizer states, EMA).
+
+  A leaf whose path ends with a parameter's path gets that parameter's spec when the shapes
+  are equal; AdaFactor's factored moments (`v_row`/`v_col`, one axis of the parameter removed)
+  get the parameter's spec with that axis removed; anything else is replicated.
+  """
+  pflat = jax.tree_util.tree_flatten_with_path(params)[0]
+  sflat = jax.tree.leaves(pspecs, is_leaf=lambda x: isinstance(x, P))
+  index = {_path_key(p): (np.shape(x), s) for (p, x), s in zip(pflat, sflat)}
+
+  def one(path, leaf):
+    key = _path_key(path)
+    shape = tuple(np.shape(leaf))
+    for i in range(len(key)):
+      hit = index.get(key[i:])
+      if hit is None:
+        continue
+      pshape, spec = hit
+      if shape == pshape:
+        return spec
+      names = [str(p) for p in path[:i]]
+      if len(shape) == len(pshape) - 1 and any("v_row" in n or "v_col" in n for n in names):
+        removed = _factored_removed_axis(pshape, row="v_row" in "".join(names))
+        if removed is not None and tuple(np.delete(pshape, removed)) == shape:
+          full = tuple(spec) + (None,) * (len(pshape) - len(spec))
+          return P(*(full[:removed] + full[removed + 1:]))
+      return P()
+    return P()
+  return jax.tree_util.tree_map_with_path(one, tree)
+
+
+def _factored_removed_axis(shape: tuple[int, ...], row: bool) -> int | None:
+  """The axis optax's factored RMS reduces for v_row (largest dim) or v_col (second largest)."""
+  if len(shape) < 2:
+    return None
+  order = np.argsort(shape)
+  d1, d0 = int(order[-2]), int(order[-1])
+  return d0 if row else d1
+
+
+def named(mesh: Mesh, specs: Any) -> Any:
+  """Tree of PartitionSpecs -> tree of NamedShardings on `mesh`."""
+  return jax.tree.map(lambda s: NamedSharding(mesh, s), specs,
+                      is_leaf=lambda x: isinstance(x, P))
+
+
+def batch_spec(rules: Rules, ndim: int) -> P:
+  """PartitionSpec of a batch array: the leading axis over the `batch` rule's mesh axes."""
+  axes = rules.get("batch", ())
+  lead = None if not axes else (axes[0] if len(axes) == 1 else tuple(axes))
+  return P(lead, *([None] * (ndim - 1)))
+
+
+def batch_shardings(batch: Mapping[str, Any], mesh: Mesh, rules: Rules) -> dict[str, NamedSharding]:
+  """NamedSharding per batch entry (dict of arrays or ShapeDtypeStructs)."""
+  return {k: NamedSharding(mesh, batch_spec(rules, np.ndim(v) if not hasattr(v, "shape")
+                                            else len(v.shape))) for k, v in batch.items()}
+
+
+def batch_divisor(mesh: Mesh, rules: Rules) -> int:
+  """How many ways the global batch is split (its size must be a multiple of this)."""
+  return math.prod(mesh.shape[a] for a in rules.get("batch", ()))
+
+
+def shard_batch(local: Mapping[str, np.ndarray], mesh: Mesh, rules: Rules) -> dict[str, jax.Array]:
+  """Global jax Arrays from this process's slice of the batch (multi-host safe)."""
+  shardings = batch_shardings(local, mesh, rules)
+  return {k: jax.make_array_from_process_local_data(shardings[k], np.asarray(v))
+          for k, v in local.items()}
+
+
+def describe_shardings(params: Any, pspecs: Any) -> str:
+  """One line per parameter: path, shape, logical axes and mesh spec (for the run log)."""
+  lines = []
+  pflat = jax.tree_util.tree_flatten_with_path(params, is_leaf=_is_variable)[0]
+  sflat = jax.tree.leaves(pspecs, is_leaf=lambda x: isinstance(x, P))
+  for (path, v), s in zip(pflat, sflat):
+    name = "/".join(str(getattr(p, "key", getattr(p, "name", p))) for p in path)
+    shape = tuple(v.get_value().shape) if _is_variable(v) else tuple(np.shape(v))
+    lines.append(f"{name:60s} {str(shape):22s} {str(_leaf_logical(v)):28s} {s}")
+  return "\n".join(lines)
