@@ -5,6 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 WORKDIR ?= workdir/demo
 DATADIR ?= workdir/demo_data
+DEMO_VIDEOS ?= 256
 PIP_VERSION := 26.3
 # scenedetect is installed with --no-deps: it depends on opencv-python, which clashes with
 # opencv-python-headless (same cv2 folder); its small deps come from the prep extra.
@@ -22,10 +23,13 @@ $(BIN)/.installed: setup.cfg constraints.txt
 
 venv: $(BIN)/.installed
 
+# The demo's data: the synthetic corpus as real MP4s, then the whole video pipeline (probe,
+# scenes, features, filter, caption, classify, DSG-Video, encode) into latent shards.
 demo: venv
-	$(BIN)/python -m stiv_jax.demo_data --output=$(DATADIR)
+	$(BIN)/stiv-prep synth --output=$(DATADIR)/videos --num-videos=$(DEMO_VIDEOS) --seed=0
+	$(BIN)/stiv-prep run --input=$(DATADIR)/videos --output=$(DATADIR)/prep --config=demo
 	$(BIN)/stiv-train --config=experiments/configs/demo.py --workdir=$(WORKDIR) \
-		--config.data.path=$(DATADIR)/shards
+		--config.data.path=$(DATADIR)/prep/shards
 
 test: venv
 	$(BIN)/python -m pytest -q -n 2 --dist loadfile tests

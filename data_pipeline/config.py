@@ -4,15 +4,10 @@ from __future__ import annotations
 import ml_collections
 
 # Colors and shapes the synthetic-corpus VQA backend recognises (name -> RGB in 0..255).
+# Same colors as the synthetic corpus (data_pipeline/synth.py).
 DEFAULT_PALETTE = {
-    "red": (230, 40, 40),
-    "green": (40, 200, 60),
-    "blue": (40, 70, 230),
-    "yellow": (240, 220, 40),
-    "white": (245, 245, 245),
-    "magenta": (220, 50, 220),
-    "cyan": (40, 220, 230),
-    "orange": (245, 140, 30),
+    "red": (255, 0, 0), "green": (0, 255, 0), "blue": (0, 0, 255), "yellow": (255, 255, 0),
+    "magenta": (255, 0, 255), "cyan": (0, 255, 255), "white": (255, 255, 255),
 }
 DEFAULT_SHAPES = ("square", "circle", "triangle")
 DEFAULT_CATEGORIES = (
@@ -22,14 +17,14 @@ DEFAULT_CATEGORIES = (
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-  """Returns the default pipeline config; `arg='tiny'` shrinks it for tests."""
+  """Returns the default pipeline config; `arg='tiny'` shrinks it for tests, `arg='demo'` encodes
+  the latents of the CPU demo (experiments/configs/demo.py: 16 frames of 64x64 px, VAE factor 4)."""
   c = ml_collections.ConfigDict()
 
   run = c.run = ml_collections.ConfigDict()
   run.workers = 1                 # process-pool size (1 = in-process, no pool)
   run.video_extensions = (".mp4", ".mov", ".mkv", ".webm", ".avi")
   run.progress = True             # tqdm bar per stage (auto-off when stderr is not a tty)
-  run.stages = ("probe", "scenes", "features", "filter", "caption", "classify", "dsg", "encode")
 
   probe = c.probe = ml_collections.ConfigDict()
   probe.min_bytes = 1             # smaller files are rejected as empty
@@ -39,13 +34,16 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   s.detectors = ("content", "adaptive")  # any of: content, adaptive
   s.combine = "union"             # union | intersection of the detectors' cuts
   s.merge_window = 1              # cuts of different detectors within this many frames are one
-  s.content_threshold = 27.0      # ContentDetector.threshold
+  # Luma only: hue/saturation of dark pixels are compression noise (measured on the synthetic
+  # corpus: hard cuts score >= 16, other frames and fades <= 6 on luma; hue+sat blur this).
+  s.luma_only = True
+  s.content_threshold = 12.0      # ContentDetector.threshold (on luma differences)
   s.adaptive_threshold = 3.0      # AdaptiveDetector.adaptive_threshold
-  s.adaptive_min_content_val = 15.0
+  s.adaptive_min_content_val = 10.0
   s.adaptive_window_width = 2
   s.min_scene_len = 8             # frames between detected cuts (detector setting)
-  s.luma_only = False
-  s.black_level = 20.0            # mean luma (0..255) below which a frame is black (fades)
+  s.black_level = 24.0            # peak pixel value (0..255) below which a frame is black
+  s.fade_trim_ratio = 0.5         # trim span ends dimmer than this x the span's median peak
   s.min_clip_frames = 16          # shorter single-shot spans are dropped
   s.max_clip_frames = 240         # longer shots are split into pieces of at most this length
   s.cut_to_files = False          # False: clips are (video, span) references; True: MP4 files
@@ -54,6 +52,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   f = c.features = ml_collections.ConfigDict()
   f.num_sampled_frames = 8        # frames sampled uniformly per clip for all features
   f.analysis_short_side = 96      # analysis resolution: short side in pixels (aspect kept)
+  f.motion_short_side = 48        # Farneback flow resolution (short side); rescaled to analysis px
   f.farneback_pyr_scale = 0.5
   f.farneback_levels = 2
   f.farneback_winsize = 9
@@ -63,7 +62,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   f.aesthetic_backend = "proxy"   # 'proxy' (colorfulness/contrast, NOT a model) or 'module:fn'
   f.ocr_backend = "proxy"         # 'proxy' (edge-blob heuristic, NOT OCR) or 'module:fn'
   f.text_min_blob_area = 12       # proxy OCR: min area (analysis pixels) of a text-like blob
-  f.text_max_blob_height_frac = 0.12  # proxy OCR: taller blobs are not text lines
+  f.text_max_blob_height_frac = 0.2   # proxy OCR: taller blobs are not text lines
   f.similarity_bins = 8           # temporal consistency: bins per channel of the color histogram
   f.portrait_ratio = 1.05         # height/width above this -> portrait; width/height -> landscape
 
@@ -74,7 +73,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   flt.max_text_fraction = 0.2
   flt.min_height = 32
   flt.min_width = 32
-  flt.min_sharpness = 5.0
+  flt.min_sharpness = 2.0         # variance of the Laplacian at analysis resolution
   flt.min_temporal_consistency = 0.5
   flt.min_frames = 16
   flt.allowed_orientations = ("landscape", "portrait", "square")
@@ -99,21 +98,24 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   d.question_backend = "rules"    # rules | llm
   d.vqa_backend = "synthetic"     # synthetic (colors and shapes by pixels) | module:fn
   d.num_frames = 4                # uniformly sampled frames answered per question
-  d.color_tolerance = 60.0        # synthetic VQA: max RGB distance to a palette color
+  d.color_tolerance = 80.0        # synthetic VQA: max RGB distance to a palette color
   d.min_object_area = 20          # synthetic VQA: min pixels of a colored blob (at native res)
   d.square_min_fill = 0.86        # fill ratio (area / bbox area) of a square
   d.circle_fill = (0.68, 0.86)    # fill ratio range of a circle
   d.triangle_fill = (0.35, 0.68)  # fill ratio range of a triangle
   d.max_aspect = 1.6              # blobs more elongated than this are no shape
+  d.max_object_area_frac = 0.4    # larger same-color regions are background, not objects
   d.palette = ml_collections.ConfigDict({k: list(v) for k, v in DEFAULT_PALETTE.items()})
   d.shapes = DEFAULT_SHAPES
+  d.reject_hallucinated = False   # True: clips whose caption has a hallucinated object are dropped
+  d.llm_path = ""                 # local causal LM folder (question_backend 'llm')
 
   e = c.encode = ml_collections.ConfigDict()
   e.num_frames = 8                # frames per encoded clip
   e.stride = 2                    # temporal stride in source frames
   e.buckets = ((64, 64), (48, 80), (80, 48))  # (height, width) bucket resolutions
   e.batch_frames = 16             # frames per VAE call
-  e.examples_per_shard = 64
+  e.target_shard_mb = 64.0        # shard size target (ShardWriter.target_shard_bytes)
   e.vae = ml_collections.ConfigDict({"kind": "pixel", "spatial_factor": 8, "latent_channels": 4})
   e.text = ml_collections.ConfigDict({"kind": "hash", "dim": 64, "max_length": 16})
 
@@ -124,6 +126,12 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     s.max_clip_frames = 48
     flt.min_frames = 8
     e.num_frames = 4
+  elif arg == "demo":
+    e.num_frames = 16
+    e.stride = 1
+    e.buckets = ((64, 64),)
+    e.vae.spatial_factor = 4
   elif arg:
-    raise ValueError(f"data_pipeline.config: unknown config arg {arg!r}; expected '' or 'tiny'")
+    raise ValueError(f"data_pipeline.config: unknown config arg {arg!r}; "
+                     "expected '', 'tiny' or 'demo'")
   return c

@@ -33,16 +33,25 @@ def _gray(frames_bgr: np.ndarray) -> list[np.ndarray]:
 
 
 def motion_score(grays: list[np.ndarray], gaps: list[int], fcfg) -> float:
-  """Mean Farneback optical-flow magnitude, in analysis pixels per source frame."""
+  """Mean Farneback optical-flow magnitude, in analysis pixels per source frame.
+
+  The flow runs at `motion_short_side` (cheaper) and is rescaled to analysis pixels.
+  """
   if len(grays) < 2:
     return 0.0
+  h, w = grays[0].shape
+  fh, fw = video_io.analysis_size(h, w, int(fcfg.motion_short_side))
+  scale = 1.0
+  if (fh, fw) != (h, w):
+    scale = w / fw
+    grays = [cv2.resize(g, (fw, fh), interpolation=cv2.INTER_AREA) for g in grays]
   mags = []
   for a, b, gap in zip(grays[:-1], grays[1:], gaps):
     flow = cv2.calcOpticalFlowFarneback(
         a, b, None, fcfg.farneback_pyr_scale, int(fcfg.farneback_levels),
         int(fcfg.farneback_winsize), int(fcfg.farneback_iterations), int(fcfg.farneback_poly_n),
         fcfg.farneback_poly_sigma, 0)
-    mags.append(float(np.sqrt((flow ** 2).sum(-1)).mean()) / max(gap, 1))
+    mags.append(scale * float(cv2.magnitude(flow[..., 0], flow[..., 1]).mean()) / max(gap, 1))
   return float(np.mean(mags))
 
 
@@ -136,6 +145,8 @@ class FeatureExtractor:
     rgb = frames_bgr[..., ::-1]
     return dict(
         motion=motion_score(grays, gaps, self.cfg),
+        motion_height=min(int(frames_bgr.shape[1]), video_io.analysis_size(
+            *frames_bgr.shape[1:3], int(self.cfg.motion_short_side))[0]),
         aesthetic=float(self.aesthetic(rgb)),
         aesthetic_backend=self.aesthetic_name,
         text_fraction=float(self.ocr(rgb)),

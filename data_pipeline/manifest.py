@@ -1,8 +1,9 @@
 """Stage manifests: JSON-lines tables keyed by a stable `id`, written atomically and resumably.
 
-A stage appends one line per finished item to `<name>.partial.jsonl` (flushed and fsynced, so
-a crash loses at most the item in flight) and, when every item is done, writes the sorted
-table to `<name>.jsonl` through a temporary file and `os.replace` (atomic on POSIX).
+A stage appends one line per finished input item to its log `<name>.log.jsonl` (flushed and
+fsynced, so a crash loses at most the item in flight; a rerun skips logged items) and, when
+every item is done, writes the sorted table to `<name>.jsonl` through a temporary file and
+`os.replace` (atomic on POSIX).
 Simplification: JSON lines instead of Parquet (no pyarrow in the environment).
 """
 from __future__ import annotations
@@ -19,7 +20,7 @@ def final_path(out_dir: str, name: str) -> str:
 
 def partial_path(out_dir: str, name: str) -> str:
   """Path of the append-only progress log of stage `name`."""
-  return os.path.join(out_dir, f"{name}.partial.jsonl")
+  return os.path.join(out_dir, f"{name}.log.jsonl")
 
 
 def read_jsonl(path: str) -> list[dict[str, Any]]:
@@ -74,7 +75,7 @@ def read_stage(out_dir: str, name: str) -> list[dict[str, Any]]:
 
 
 class ProgressLog:
-  """Append-only log of finished items of one stage, for resuming after a crash."""
+  """Append-only log of finished input items of one stage (kept: it is what reruns skip)."""
 
   def __init__(self, out_dir: str, name: str):
     self.out_dir, self.name = out_dir, name
@@ -82,9 +83,16 @@ class ProgressLog:
     os.makedirs(out_dir, exist_ok=True)
 
   def done(self) -> dict[str, list[dict[str, Any]]]:
-    """Rows already finished, grouped by the input key that produced them."""
+    """Rows already finished, grouped by the input key that produced them.
+
+    A torn last line (a crash mid-append) is cut off so later appends start on a fresh line.
+    """
     if not os.path.exists(self.path):
       return {}
+    with open(self.path, "rb+") as fh:
+      data = fh.read()
+      if data and not data.endswith(b"\n"):
+        fh.truncate(data.rfind(b"\n") + 1)
     grouped: dict[str, list[dict[str, Any]]] = {}
     for row in read_jsonl(self.path):
       grouped.setdefault(row["id"], []).append(row)
@@ -99,11 +107,9 @@ class ProgressLog:
       os.fsync(fh.fileno())
 
   def finish(self, rows: list[dict[str, Any]]) -> str:
-    """Writes the final manifest atomically and removes the progress log."""
+    """Writes the final manifest atomically."""
     path = final_path(self.out_dir, self.name)
     write_jsonl_atomic(path, rows)
-    if os.path.exists(self.path):
-      os.remove(self.path)
     return path
 
 

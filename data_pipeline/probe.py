@@ -57,23 +57,19 @@ def probe_video(input_dir: str, relpath: str, cfg) -> dict:
   if size < cfg.probe.min_bytes:
     return {**row, "reject": "empty_file", "error": f"{path}: {size} bytes"}
   try:
-    info = video_io.container_info(path)
+    info = video_io.container_info(path, first_frame=bool(cfg.probe.decode_first_frame))
+  except av.error.EOFError as err:  # a container that ends before any frame
+    return {**row, "reject": "no_frames", "error": f"{path}: {type(err).__name__}: {err}"}
   except av.error.FFmpegError as err:
     return {**row, "reject": "undecodable", "error": f"{path}: {type(err).__name__}: {err}"}
   except ValueError as err:
     return {**row, "reject": "no_video_stream", "error": f"{path}: {err}"}
   except Exception as err:  # PyAV raises many error types for corrupt containers.
     return {**row, "reject": "undecodable", "error": f"{path}: {type(err).__name__}: {err}"}
+  rotation = info.pop("rotation", 0)
   row.update(info)
-  rotation = 0
-  if cfg.probe.decode_first_frame:
-    try:
-      rot = video_io.first_frame_rotation(path)
-    except Exception as err:
-      return {**row, "reject": "undecodable", "error": f"{path}: {type(err).__name__}: {err}"}
-    if rot is None:
-      return {**row, "reject": "no_frames", "error": f"{path}: the video stream has no frames"}
-    rotation = rot
+  if rotation is None:
+    return {**row, "reject": "no_frames", "error": f"{path}: the video stream has no frames"}
   if info["num_frames"] <= 0:
     return {**row, "reject": "no_frames", "error": f"{path}: container reports 0 frames"}
   h, w = info["height"], info["width"]

@@ -54,8 +54,8 @@ def render_shot(shot: Shot, height: int, width: int, blur: float = 0.0) -> np.nd
   for t in range(shot.frames):
     img = np.empty((height, width, 3), np.uint8)
     img[:] = shot.background
-    # A faint static texture so the background is not flat (sharpness, flow).
-    img[::8, :, :] = np.clip(np.array(shot.background) + 25, 0, 255)
+    # A faint static dot texture so the background is not flat (sharpness, flow).
+    img[::8, ::8, :] = np.clip(np.array(shot.background) + 40, 0, 255)
     cx = width / 2 - 10 + shot.velocity[0] * t
     cy = height / 2 - 6 + shot.velocity[1] * t
     draw_shape(img, shot.shape, cx % width, cy % height, shot.size, shot.color)
@@ -108,9 +108,9 @@ def write_test_video(out_dir: str, video: TestVideo) -> TestVideo:
 def standard_set(out_dir: str) -> dict[str, TestVideo]:
   """The test corpus: a hard cut, a fade, a static clip, a blurred copy, and broken files."""
   os.makedirs(out_dir, exist_ok=True)
-  red = (230, 40, 40)
-  blue = (40, 70, 230)
-  yellow = (240, 220, 40)
+  red = (255, 0, 0)
+  blue = (0, 0, 255)
+  yellow = (255, 255, 0)
   vids = [
       TestVideo("cut", [
           Shot(30, red, "square", "red", velocity=(1.0, 0.5), caption="a red square moving"),
@@ -137,7 +137,8 @@ def standard_set(out_dir: str) -> dict[str, TestVideo]:
 def write_broken_files(out_dir: str) -> dict[str, str]:
   """A zero-length file, a corrupt file and a container with no frames."""
   os.makedirs(out_dir, exist_ok=True)
-  paths = {k: os.path.join(out_dir, f"{k}.mp4") for k in ("empty", "corrupt", "noframes")}
+  paths = {k: os.path.join(out_dir, f"{k}.mp4") for k in ("empty", "corrupt")}
+  paths["noframes"] = os.path.join(out_dir, "noframes.mkv")  # MKV keeps an empty video track
   open(paths["empty"], "wb").close()
   with open(paths["corrupt"], "wb") as fh:
     fh.write(b"\x00\x00\x00\x18ftypmp42" + bytes(range(256)) * 8)

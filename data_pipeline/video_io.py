@@ -41,10 +41,12 @@ def _frame_index(frame, stream, rate: fractions.Fraction, fallback: int) -> int:
   return int(round((frame.pts - start) * stream.time_base * rate))
 
 
-def container_info(path: str) -> dict:
+def container_info(path: str, first_frame: bool = False) -> dict:
   """Container metadata of the first video stream (no full decode).
 
-  Returns dict(num_frames, frames_exact, fps [num, den], width, height, duration, codec).
+  Returns dict(num_frames, frames_exact, fps [num, den], width, height, duration, codec), and
+  with `first_frame` also `rotation`: the first decoded frame's display rotation in degrees,
+  or None when the stream yields no frame (one open, one frame decoded).
   """
   with av.open(path) as container:
     if not container.streams.video:
@@ -60,20 +62,19 @@ def container_info(path: str) -> dict:
     exact = frames > 0
     if not exact and duration is not None:
       frames = int(round(duration * rate))
-    return dict(num_frames=frames, frames_exact=exact, fps=[rate.numerator, rate.denominator],
+    info = dict(num_frames=frames, frames_exact=exact, fps=[rate.numerator, rate.denominator],
                 width=int(stream.codec_context.width), height=int(stream.codec_context.height),
                 duration=duration if duration is not None else frames / float(rate),
                 codec=stream.codec_context.name)
-
-
-def first_frame_rotation(path: str) -> int | None:
-  """Decodes the first frame; returns its display rotation in degrees, None if no frame."""
-  with av.open(path) as container:
-    stream = container.streams.video[0]
-    stream.thread_type = "AUTO"
-    for frame in container.decode(stream):
-      return int(getattr(frame, "rotation", 0) or 0)
-  return None
+    if first_frame:
+      info["rotation"] = None
+      try:
+        for frame in container.decode(stream):
+          info["rotation"] = int(getattr(frame, "rotation", 0) or 0)
+          break
+      except av.error.EOFError:  # a stream that ends before its first frame
+        pass
+    return info
 
 
 def iter_frames(path: str, start: int = 0, end: int | None = None,
@@ -81,8 +82,11 @@ def iter_frames(path: str, start: int = 0, end: int | None = None,
                 ) -> Iterator[tuple[int, np.ndarray]]:
   """Yields (frame index, RGB uint8 [H, W, 3]) for frames in [start, end), resized to `size`.
 
-  Seeks to the keyframe before `start`; resizing happens in libswscale during conversion.
+  Seeks to the keyframe before `start`; resizing (area interpolation, one reused scaler, as
+  in the scene pass) happens in libswscale during conversion.
   """
+  from av.video.reformatter import VideoReformatter
+  reformatter = VideoReformatter()
   with av.open(path) as container:
     stream = container.streams.video[0]
     if threads:
@@ -100,9 +104,10 @@ def iter_frames(path: str, start: int = 0, end: int | None = None,
       if end is not None and idx >= end:
         break
       if size is None:
-        arr = frame.to_ndarray(format="rgb24")
+        arr = reformatter.reformat(frame, format="rgb24").to_ndarray()
       else:
-        arr = frame.reformat(width=size[1], height=size[0], format="rgb24").to_ndarray()
+        arr = reformatter.reformat(frame, width=size[1], height=size[0], format="rgb24",
+                                   interpolation="AREA").to_ndarray()
       yield idx, arr
 
 

@@ -11,7 +11,7 @@ Per epoch e (a pure function of (seed, e) and the index sidecars, no record is r
      processes hold the same shape and their slices are disjoint and cover the global batch.
 Step s is batch s % batches_per_epoch of epoch s // batches_per_epoch. The Grain MapDataset of
 steps is read, decoded and stacked per step, prefetched by threads (ReadOptions) and, when
-`worker_count > 0`, Grain worker processes (mp_prefetch), and repeated (num_epochs = 0: forever).
+`worker_count > 0`, Grain worker processes (mp_prefetch), and repeated (num_epochs -1: forever).
 
 Because a batch is a function of its step alone, the iterator state is just the next step; a
 restored iterator (any worker count) rebuilds the pipeline from that step and yields exactly the
@@ -56,11 +56,11 @@ def default_config() -> ml_collections.ConfigDict:
   c = ml_collections.ConfigDict()
   c.path = ""                  # latent-shard dataset directory (holds manifest.json)
   c.shuffle = True             # seeded global shuffle per epoch
-  c.num_epochs = 0             # 0: repeat forever
+  c.num_epochs = -1            # -1: repeat forever
   c.worker_count = 0           # Grain worker processes (0: read in the main process)
   c.worker_buffer_size = 2     # batches buffered per worker process
   c.read_threads = 1           # threads per process reading/decoding batches
-  c.prefetch_buffer_size = 2   # batches prefetched per process by those threads
+  c.prefetch = 2               # batches prefetched per process by those threads
   c.bad_records = "fatal"      # 'fatal' (raise naming file and offset) | 'skip' (count, refill)
   c.check_crc = True           # verify record CRCs on every read
   return c
@@ -72,11 +72,11 @@ class PipelineOptions:
 
   path: str
   shuffle: bool = True
-  num_epochs: int = 0
+  num_epochs: int = -1
   worker_count: int = 0
   worker_buffer_size: int = 2
   read_threads: int = 1
-  prefetch_buffer_size: int = 2
+  prefetch: int = 2
   bad_records: str = "fatal"
   check_crc: bool = True
 
@@ -97,10 +97,13 @@ class PipelineOptions:
     if opts.bad_records not in BAD_RECORD_POLICIES:
       raise ValueError(f"data.bad_records: {opts.bad_records!r}, expected one of "
                        f"{BAD_RECORD_POLICIES}")
-    for name in ("num_epochs", "worker_count", "read_threads"):
+    if opts.num_epochs == 0 or opts.num_epochs < -1:
+      raise ValueError(f"data.num_epochs: {opts.num_epochs}; expected a positive count or -1 "
+                       "(repeat forever)")
+    for name in ("worker_count", "read_threads"):
       if getattr(opts, name) < 0:
         raise ValueError(f"data.{name}: must be >= 0, got {getattr(opts, name)}")
-    for name in ("worker_buffer_size", "prefetch_buffer_size"):
+    for name in ("worker_buffer_size", "prefetch"):
       if getattr(opts, name) < 1:
         raise ValueError(f"data.{name}: must be >= 1, got {getattr(opts, name)}")
     return opts
@@ -246,14 +249,17 @@ class BatchIterator:
     return self.next_step / self.batches_per_epoch
 
   def _num_steps(self) -> int:
-    return sys.maxsize if self.opts.num_epochs == 0 else self.opts.num_epochs * self.batches_per_epoch
+    """Total steps: num_epochs * batches_per_epoch, or sys.maxsize to repeat forever."""
+    if self.opts.num_epochs == -1:
+      return sys.maxsize
+    return self.opts.num_epochs * self.batches_per_epoch
 
   def dataset(self, start: int = 0) -> grain.IterDataset:
     """The Grain pipeline from step `start` on."""
     steps = grain.MapDataset.range(self._num_steps())[start:]
     ds = steps.map(self.steps).map(_LoadBatch(self.src, self.opts.bad_records))
     it_ds = ds.to_iter_dataset(grain.ReadOptions(num_threads=self.opts.read_threads,
-                                                 prefetch_buffer_size=self.opts.prefetch_buffer_size))
+                                                 prefetch_buffer_size=self.opts.prefetch))
     if self.opts.worker_count > 0:
       _ensure_absl_flags_parsed()
       it_ds = it_ds.mp_prefetch(grain.MultiprocessingOptions(
@@ -269,6 +275,7 @@ class BatchIterator:
     return self
 
   def __next__(self) -> dict[str, np.ndarray]:
+    """The next per-host batch (dict of numpy arrays, the Batches contract)."""
     self.start_prefetch()
     batch = next(self._it)
     self.bad_records += int(batch.pop(_BAD_KEY))

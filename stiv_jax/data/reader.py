@@ -24,6 +24,7 @@ class DatasetError(ValueError):
 
 
 def _manifest_path(path: str) -> tuple[str, str]:
+  """(dataset root, manifest path) for a directory or manifest path; fails naming it."""
   path = str(path)
   if not path:
     raise DatasetError("data.path: empty; set it to a latent-shard dataset directory")
@@ -87,6 +88,7 @@ class ShardedDataset:
     return self.shard_paths[self.shard_of[i]], int(self.offsets[i])
 
   def _fd(self, shard: int) -> int:
+    """This process's read-only descriptor of a shard (opened on first use)."""
     fd = self._fds.get(shard)
     if fd is None:
       fd = self._fds[shard] = os.open(self.shard_paths[shard], os.O_RDONLY)
@@ -190,7 +192,8 @@ def validate_dataset(path: str) -> dict[str, Any]:
       i = in_shard[k]
       if offset != ds.offsets[i] or len(data) != ds.lengths[i]:
         raise DatasetError(f"{shard_path}: record {k} at byte offset {offset} (length "
-                           f"{len(data)}), index says offset {ds.offsets[i]} length {ds.lengths[i]}")
+                           f"{len(data)}), index says offset {ds.offsets[i]} "
+                           f"length {ds.lengths[i]}")
       ds.decode(int(i))  # schema + bucket check, names file and offset
       file_crc = _crc_frame(file_crc, data)
       k += 1

@@ -11,7 +11,8 @@ Features (all keys fixed; arrays stored as raw little-endian bytes plus dtype an
   schema_version  bytes  "MAJOR.MINOR"
   latents         bytes  [T, H, W, C] in `latents_dtype` ("float16" or "bfloat16")
   latents_dtype   bytes;  latents_shape int64[4]
-  text            bytes  [L, D] token embeddings in `text_dtype`; text_dtype bytes; text_shape int64[2]
+  text            bytes  [L, D] token embeddings in `text_dtype`
+  text_dtype      bytes;  text_shape int64[2]
   text_mask       int64[L]  1 = real token, 0 = padding
   pooled          bytes  [D] pooled text embedding in `text_dtype`
   micro/<name>    int64  for name in MICRO_CONDITIONS (orig_height, orig_width, crop_top,
@@ -105,14 +106,17 @@ class ClipRecord:
 
 
 def _bytes(ex, key: str, value: bytes) -> None:
+  """Appends a bytes value to feature `key`."""
   ex.features.feature[key].bytes_list.value.append(value)
 
 
 def _ints(ex, key: str, values) -> None:
+  """Appends int64 values to feature `key`."""
   ex.features.feature[key].int64_list.value.extend(int(v) for v in values)
 
 
 def _floats(ex, key: str, values) -> None:
+  """Appends float values to feature `key`."""
   ex.features.feature[key].float_list.value.extend(float(v) for v in values)
 
 
@@ -165,6 +169,7 @@ def encode_example(rec: ClipRecord, *, latents_dtype: str = "float16",
 
 
 def _get(feats, key: str, kind: str) -> Any:
+  """The non-empty value list of feature `key` of the given kind; SchemaError otherwise."""
   if key not in feats:
     raise SchemaError(f"feature {key!r} missing")
   values = getattr(feats[key], kind).value
@@ -174,6 +179,7 @@ def _get(feats, key: str, kind: str) -> Any:
 
 
 def _array(feats, key: str, dtype_key: str, shape) -> np.ndarray:
+  """A stored array feature as float32, checking its dtype name and byte size."""
   dtype_name = _get(feats, dtype_key, "bytes_list")[0].decode()
   if dtype_name not in STORAGE_DTYPES:
     raise SchemaError(f"feature {dtype_key!r}: unknown dtype {dtype_name!r}")

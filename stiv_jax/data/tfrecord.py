@@ -54,6 +54,7 @@ def write_record(f: BinaryIO, data: bytes) -> int:
 
 
 def _parse_header(path: str, offset: int, header: bytes, check_crc: bool) -> int:
+  """The data length from a 12-byte header, CRC-checked."""
   if len(header) < HEADER_BYTES:
     raise TFRecordError(path, offset, f"truncated header ({len(header)} of {HEADER_BYTES} bytes)")
   (length,) = _U64.unpack_from(header, 0)
@@ -65,6 +66,7 @@ def _parse_header(path: str, offset: int, header: bytes, check_crc: bool) -> int
 
 def _check_data(path: str, offset: int, data: bytes, footer: bytes, length: int,
                 check_crc: bool) -> None:
+  """Checks a record body for truncation and its data CRC."""
   if len(data) != length or len(footer) != FOOTER_BYTES:
     raise TFRecordError(path, offset, f"truncated data (record length {length})")
   if check_crc and _U32.unpack(footer)[0] != masked_crc(data):

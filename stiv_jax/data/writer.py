@@ -77,8 +77,10 @@ class ShardWriter:
     self._reset_shard_state()
     self.num_records = 0
     self.shards: list[str] = []
+    self.written_manifest: dict[str, Any] | None = None  # set by close()
 
   def _reset_shard_state(self) -> None:
+    """Starts the bookkeeping of a new shard."""
     self._offsets: list[int] = []
     self._lengths: list[int] = []
     self._buckets: list[str] = []
@@ -87,9 +89,11 @@ class ShardWriter:
     self._crc = 0
 
   def _shard_name(self) -> str:
+    """File name of the current shard."""
     return f"{self.prefix}-{self._shard_index:05d}{SHARD_SUFFIX}"
 
   def _tmp_path(self) -> str:
+    """Temporary path the current shard is written to until it is finished."""
     return os.path.join(self.output_dir, self._shard_name() + f".tmp-{os.getpid()}")
 
   def write(self, rec: schema_lib.ClipRecord) -> None:
@@ -118,6 +122,7 @@ class ShardWriter:
       self._finish_shard()
 
   def _finish_shard(self) -> None:
+    """Closes, fsyncs and renames the current shard, then writes its index sidecar."""
     if self._f is None:
       return
     self._f.flush()
@@ -147,8 +152,8 @@ class ShardWriter:
     """Finishes the last shard and writes the manifest (if enabled); returns the manifest."""
     self._finish_shard()
     if self.manifest:
-      return write_manifest(self.output_dir, metadata=self.metadata)
-    return None
+      self.written_manifest = write_manifest(self.output_dir, metadata=self.metadata)
+    return self.written_manifest
 
   def __enter__(self) -> "ShardWriter":
     return self

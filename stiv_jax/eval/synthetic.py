@@ -2,9 +2,9 @@
 
 Prompts of the synthetic corpus read "a {color} {shape} moving {direction}". The detector
 estimates the background as the per-frame median color, takes the pixels far from it as the
-object, names its color by the nearest palette entry, its shape by the best-fitting template
-(square, inscribed circle, apex-up triangle) in its bounding box, and its direction by the
-dominant axis of its centroid's motion. A hand-written detector, NOT a learned classifier.
+object, names its color by the nearest palette entry (brightness-free), its shape by the
+best-fitting rendered shape (placed by the object's soft mass and centroid), and its direction
+by the dominant axis of its centroid's motion. A hand-written detector, NOT a learned classifier.
 """
 from __future__ import annotations
 
@@ -16,14 +16,8 @@ import numpy as np
 
 # name -> RGB 0..255 (the synthetic corpus palette).
 PALETTE = {
-    "red": (230, 40, 40),
-    "green": (40, 200, 60),
-    "blue": (40, 70, 230),
-    "yellow": (240, 220, 40),
-    "magenta": (220, 50, 220),
-    "cyan": (40, 220, 230),
-    "white": (245, 245, 245),
-}
+    "red": (255, 0, 0), "green": (0, 255, 0), "blue": (0, 0, 255), "yellow": (255, 255, 0),
+    "magenta": (255, 0, 255), "cyan": (0, 255, 255), "white": (255, 255, 255)}
 SHAPES = ("circle", "square", "triangle")
 DIRECTIONS = ("left", "right", "up", "down")
 ATTRIBUTES = ("color", "shape", "direction")
@@ -37,6 +31,8 @@ class DetectorConfig:
   rel_contrast: float = 0.5      # ... and at least this fraction of the frame's max distance
   min_pixels: int = 3            # frames with fewer object pixels are skipped
   core_fraction: float = 0.5     # color from the object's most contrasting pixels (this share)
+  occupancy_floor: float = 0.15  # soft occupancy: distance / object level, zero below this
+  compare_factor: int = 4        # shape fit compares box-averaged maps at this factor
   palette: tuple[tuple[str, tuple[int, int, int]], ...] = tuple(PALETTE.items())
 
 
@@ -68,36 +64,75 @@ def object_masks(frames: np.ndarray, cfg: DetectorConfig = DetectorConfig()
   return dist >= thresh, dist
 
 
-def _templates(h: int, w: int) -> dict[str, np.ndarray]:
-  """Binary templates of each shape filling an h x w bounding box."""
-  yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
-  cy, cx = (h - 1) / 2.0, (w - 1) / 2.0
-  ry, rx = max(h / 2.0, 0.5), max(w / 2.0, 0.5)
-  circle = ((yy - cy) / ry) ** 2 + ((xx - cx) / rx) ** 2 <= 1.0
-  # Apex-up triangle: at row y (0 top, 1 bottom) the half width grows linearly.
-  frac = (yy + 0.5) / h
-  triangle = np.abs(xx + 0.5 - w / 2.0) <= frac * w / 2.0
-  return {"square": np.ones((h, w), bool), "circle": circle, "triangle": triangle}
+def render_shape(shape: str, cx: float, cy: float, radius: float, height: int, width: int,
+                 supersample: int = 4) -> np.ndarray:
+  """[H, W] float coverage of a shape centred at (cx, cy) with half-size `radius` (pixels).
+
+  Same geometry as the synthetic corpus: square of side 2r, circle of radius r, apex-up
+  triangle with base and height 2r.
+  """
+  ss = int(supersample)
+  yy, xx = np.mgrid[0:height * ss, 0:width * ss].astype(np.float32)
+  dx, dy = (xx + 0.5) / ss - cx, (yy + 0.5) / ss - cy
+  if shape == "circle":
+    inside = dx * dx + dy * dy <= radius * radius
+  elif shape == "square":
+    inside = (np.abs(dx) <= radius) & (np.abs(dy) <= radius)
+  elif shape == "triangle":
+    inside = (dy <= radius) & (np.abs(dx) <= (dy + radius) / 2)
+  else:
+    raise ValueError(f"render_shape: unknown shape {shape!r}; expected one of {SHAPES}")
+  return inside.reshape(height, ss, width, ss).mean(axis=(1, 3))
 
 
-def classify_shape(mask: np.ndarray) -> tuple[str | None, dict[str, float]]:
-  """The template with the highest IoU against the object in its bounding box."""
-  ys, xs = np.nonzero(mask)
-  if ys.size == 0:
+# Area of each shape in units of radius^2, and its centroid's offset below its centre / r.
+_AREA = {"circle": np.pi, "square": 4.0, "triangle": 2.0}
+_CENTROID_DY = {"circle": 0.0, "square": 0.0, "triangle": 1.0 / 3.0}
+
+
+def _coarse(a: np.ndarray, f: int) -> np.ndarray:
+  """Box-averages [H, W] by f (edge-padded to a multiple of f)."""
+  h, w = a.shape
+  a = np.pad(a, ((0, (-h) % f), (0, (-w) % f)), mode="edge")
+  return a.reshape(a.shape[0] // f, f, a.shape[1] // f, f).mean(axis=(1, 3))
+
+
+def classify_shape(occupancy: np.ndarray, compare_factor: int = 4
+                   ) -> tuple[str | None, dict[str, float]]:
+  """The shape whose fitted rendering best matches a soft occupancy map [H, W] in [0, 1].
+
+  Each candidate is placed by the occupancy's mass (size) and centroid (position), rendered,
+  and compared (L1) after both are box-averaged by `compare_factor`, which makes the fit
+  insensitive to blocky or blurred decoders. Scores are 1 - L1 / (2 * mass), higher is better.
+  """
+  mass = float(occupancy.sum())
+  if mass <= 0:
     return None, {}
-  crop = mask[ys.min():ys.max() + 1, xs.min():xs.max() + 1]
+  h, w = occupancy.shape
+  yy, xx = np.mgrid[0:h, 0:w].astype(np.float32) + 0.5
+  cx = float((occupancy * xx).sum() / mass)
+  cy = float((occupancy * yy).sum() / mass)
+  target = _coarse(occupancy, compare_factor)
   scores = {}
-  for name, tpl in _templates(*crop.shape).items():
-    inter = np.logical_and(crop, tpl).sum()
-    scores[name] = float(inter / max(np.logical_or(crop, tpl).sum(), 1))
+  for name in SHAPES:
+    r = float(np.sqrt(mass / _AREA[name]))
+    tpl = render_shape(name, cx, cy - _CENTROID_DY[name] * r, r, h, w)
+    err = np.abs(_coarse(tpl, compare_factor) - target).sum() * compare_factor ** 2
+    scores[name] = float(1.0 - err / (2.0 * mass))
   return max(scores, key=scores.get), scores
 
 
+def _chroma(rgb: np.ndarray) -> np.ndarray:
+  """RGB divided by its largest channel, so a faded color keeps its name."""
+  rgb = np.asarray(rgb, np.float32)
+  return rgb / np.maximum(rgb.max(axis=-1, keepdims=True), 1e-3)
+
+
 def classify_color(rgb: np.ndarray, cfg: DetectorConfig = DetectorConfig()) -> str:
-  """Nearest palette color name to an RGB triple (0..255)."""
+  """Nearest palette color name to an RGB triple (0..255), compared brightness-free."""
   names = [n for n, _ in cfg.palette]
-  table = np.array([c for _, c in cfg.palette], np.float32)
-  return names[int(np.argmin(np.linalg.norm(table - np.asarray(rgb, np.float32), axis=-1)))]
+  table = _chroma(np.array([c for _, c in cfg.palette], np.float32))
+  return names[int(np.argmin(np.linalg.norm(table - _chroma(rgb), axis=-1)))]
 
 
 def direction_from_motion(dx: float, dy: float) -> str | None:
@@ -126,7 +161,10 @@ def detect(frames: np.ndarray, cfg: DetectorConfig = DetectorConfig()) -> Detect
     d = dist[i][m]
     core = d >= np.quantile(d, 1.0 - cfg.core_fraction)
     colors.append(frames[i][m][core].astype(np.float32).mean(axis=0))
-    shape, scores = classify_shape(m)
+    level = float(np.quantile(d, 0.9))
+    occ = np.clip(dist[i] / max(level, 1e-6), 0.0, 1.0)
+    occ = np.where(occ >= cfg.occupancy_floor, occ, 0.0)
+    _, scores = classify_shape(occ, cfg.compare_factor)
     for k, v in scores.items():
       shape_votes[k] = shape_votes.get(k, 0.0) + v
     ys, xs = np.nonzero(m)

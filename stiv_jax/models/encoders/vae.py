@@ -298,19 +298,25 @@ def _buckets(batch_size: int) -> list[int]:
   return sizes + [batch_size]
 
 
-def run_chunked(fn, x: np.ndarray, batch_size: int, *extra) -> np.ndarray:
-  """Applies a jitted batch fn over `x` in chunks of <= batch_size, padding each chunk up to a
-  power-of-two bucket so at most log2(batch_size) + 1 shapes are ever compiled."""
-  outs = []
+def run_chunked(fn, inputs: Sequence[np.ndarray], batch_size: int, key: jax.Array | None = None):
+  """Applies jitted `fn(*chunks[, key])` over the leading axis of `inputs` in chunks of at most
+  `batch_size`, zero-padding each chunk up to a power-of-two bucket so at most
+  log2(batch_size) + 1 shapes are ever compiled. Returns numpy (a tuple if `fn` returns one)."""
+  n_total = inputs[0].shape[0]
   buckets = _buckets(batch_size)
-  for start in range(0, x.shape[0], batch_size):
-    chunk = x[start:start + batch_size]
-    n = chunk.shape[0]
+  outs = []
+  for start in range(0, n_total, batch_size):
+    chunks = [x[start:start + batch_size] for x in inputs]
+    n = chunks[0].shape[0]
     size = next(b for b in buckets if b >= n)
-    if size > n:
-      chunk = np.concatenate([chunk, np.zeros((size - n, *chunk.shape[1:]), chunk.dtype)])
-    outs.append(np.asarray(fn(chunk, *[e(start, size) for e in extra]))[:n])
-  return np.concatenate(outs) if outs else np.zeros((0,), np.float32)
+    chunks = [np.concatenate([c, np.zeros((size - n, *c.shape[1:]), c.dtype)]) if size > n
+              else c for c in chunks]
+    extra = () if key is None else (jax.random.fold_in(key, start),)
+    out = fn(*chunks, *extra)
+    outs.append(jax.tree.map(lambda a: np.asarray(a)[:n], out))
+  if not outs:
+    raise ValueError("run_chunked: empty batch (N = 0)")
+  return jax.tree.map(lambda *parts: np.concatenate(parts), *outs)
 
 
 class KLVideoAutoencoder:
@@ -347,9 +353,10 @@ class KLVideoAutoencoder:
   # -- validation ------------------------------------------------------------------------------
   def _check(self, x: np.ndarray, name: str, channels: int, factor: int) -> np.ndarray:
     x = np.asarray(x, np.float32)
-    if x.ndim != 4 or x.shape[-1] != channels or x.shape[1] % factor or x.shape[2] % factor:
+    if (x.ndim != 4 or x.shape[0] == 0 or x.shape[-1] != channels or x.shape[1] % factor
+        or x.shape[2] % factor):
       raise ValueError(
-          f"KLVideoAutoencoder.{name}: expected shape [N, H, W, {channels}] with H and W "
+          f"KLVideoAutoencoder.{name}: expected shape [N, H, W, {channels}] (N >= 1) with H, W "
           f"multiples of {factor}, got {x.shape}")
     return x
 
@@ -359,13 +366,14 @@ class KLVideoAutoencoder:
     frames = self._check(frames, "encode", self.config.in_channels, self.spatial_factor)
     if key is None:
       self._key, key = jax.random.split(self._key)
-    return run_chunked(lambda x, k: self._encode_jit(self._state, x, k), frames,
-                       self.batch_size, lambda start, _: jax.random.fold_in(key, start))
+    return run_chunked(lambda x, k: self._encode_jit(self._state, x, k), [frames],
+                       self.batch_size, key)
 
   def decode(self, latents: np.ndarray) -> np.ndarray:
     """[N, h, w, C] scaled latents -> [N, h*f, w*f, 3] frames (about [-1, 1])."""
     latents = self._check(latents, "decode", self.latent_channels, 1)
-    return run_chunked(lambda z: self._decode_jit(self._state, z), latents, self.batch_size)
+    return run_chunked(lambda z: self._decode_jit(self._state, z), [latents],
+                       self.batch_size)
 
   def encode_video(self, video: np.ndarray, key: jax.Array | None = None) -> np.ndarray:
     """[B, T, H, W, 3] -> [B, T, H/f, W/f, C], time folded into the batch."""
@@ -390,8 +398,8 @@ class KLVideoAutoencoder:
 
 def load_autoencoder_kl(path: str, config_path: str | None = None) -> AutoencoderKL:
   """Builds an AutoencoderKL from a local diffusers folder or .safetensors (+ config.json)."""
-  config, files, source = W.resolve_checkpoint(path, WEIGHT_FILES, config_path)
-  cfg = KLConfig.from_diffusers(config, config_path or source)
+  config, config_file, files, source = W.resolve_checkpoint(path, WEIGHT_FILES, config_path)
+  cfg = KLConfig.from_diffusers(config, config_file)
   model = AutoencoderKL(cfg, rngs=nnx.Rngs(params=0))
   W.load_into(model, W.read_safetensors(files), source=source, renames=LEGACY_ATTENTION_KEYS)
   return model

@@ -295,8 +295,9 @@ def read_json(path: str) -> dict:
 
 
 def resolve_checkpoint(path: str, weight_names: Sequence[str],
-                       config_path: str | None = None) -> tuple[dict, list[str], str]:
-  """-> (config dict, weight files, description) for a folder or a single .safetensors file.
+                       config_path: str | None = None) -> tuple[dict, str, list[str], str]:
+  """-> (config dict, config file, weight files, weights description) for a folder or a single
+  .safetensors file.
 
   A folder must hold `config.json` and one of `weight_names` (or its `.index.json` shards);
   a file needs `config_path` or a `config.json` beside it.
@@ -308,21 +309,21 @@ def resolve_checkpoint(path: str, weight_names: Sequence[str],
     for name in weight_names:
       f = os.path.join(path, name)
       if os.path.isfile(f):
-        return read_json(cfg_file), [f], f
+        return read_json(cfg_file), cfg_file, [f], f
       index = f + ".index.json"
       if os.path.isfile(index):
         weight_map = read_json(index).get("weight_map")
         if not isinstance(weight_map, dict):
           raise WeightImportError(f"{index}: no 'weight_map' object")
         files = [os.path.join(path, s) for s in sorted(set(weight_map.values()))]
-        return read_json(cfg_file), files, index
+        return read_json(cfg_file), cfg_file, files, index
     raise WeightImportError(f"{path}: no weights file; expected one of {list(weight_names)} "
                             "(or a sharded '.index.json'); .bin/.ckpt (pickle) are not read")
   if os.path.isfile(path):
     if not path.endswith(".safetensors"):
       raise WeightImportError(f"{path}: only .safetensors weights are supported (no pickle)")
     cfg_file = config_path or os.path.join(os.path.dirname(path), "config.json")
-    return read_json(cfg_file), [path], path
+    return read_json(cfg_file), cfg_file, [path], path
   raise WeightImportError(f"checkpoint not found: {path}")
 
 

@@ -1,0 +1,130 @@
+"""Stage 8, encode: clip frames -> VAE latents, caption -> text embeddings, into latent shards.
+
+Per clip: `num_frames` frames `stride` apart from the span start (the stride shrinks when the
+clip is too short for it), resized to cover the bucket resolution nearest in aspect ratio and
+center-cropped; the micro-conditions (orig_height, orig_width, crop_top, crop_left, stride,
+num_frames) are recorded. Crop offsets are in the resized frame's pixels (as in SDXL).
+Shards are written per bucket (file prefix = bucket key) through stiv_jax's ShardWriter,
+records sorted by clip id, so reruns produce identical shards.
+"""
+from __future__ import annotations
+
+import math
+import os
+import shutil
+
+import cv2
+import numpy as np
+
+from data_pipeline import video_io
+from stiv_jax.data import schema as schema_lib
+from stiv_jax.data import writer as writer_lib
+
+
+def pick_bucket(height: int, width: int, buckets) -> tuple[int, int]:
+  """The (h, w) bucket whose aspect ratio is nearest (in log space) to the clip's."""
+  if not buckets:
+    raise ValueError("encode.buckets: empty bucket list")
+  target = math.log(height / width)
+  return tuple(min(buckets, key=lambda b: abs(math.log(b[0] / b[1]) - target)))
+
+
+def frame_indices(start: int, end: int, num_frames: int, stride: int) -> tuple[list[int], int]:
+  """`num_frames` indices `stride` apart from `start` (stride reduced to fit); (indices, stride)."""
+  length = end - start
+  if length < num_frames:
+    raise ValueError(f"span [{start}, {end}) has {length} frames < encode.num_frames {num_frames}")
+  if num_frames > 1:
+    stride = max(1, min(int(stride), (length - 1) // (num_frames - 1)))
+  return [start + k * stride for k in range(num_frames)], stride
+
+
+def resize_crop(frames: np.ndarray, bucket: tuple[int, int]) -> tuple[np.ndarray, int, int]:
+  """Resizes RGB frames [N, H, W, 3] to cover `bucket` and center-crops; -> (frames, top, left)."""
+  bh, bw = bucket
+  h, w = frames.shape[1:3]
+  scale = max(bh / h, bw / w)
+  rh, rw = max(bh, int(math.ceil(h * scale - 1e-6))), max(bw, int(math.ceil(w * scale - 1e-6)))
+  top, left = (rh - bh) // 2, (rw - bw) // 2
+  interp = cv2.INTER_AREA if scale < 1 else cv2.INTER_LINEAR
+  out = np.stack([cv2.resize(f, (rw, rh), interpolation=interp)[top:top + bh, left:left + bw]
+                  for f in frames])
+  return out, top, left
+
+
+def apply_rotation(frames: np.ndarray, rotation: int) -> np.ndarray:
+  """Rotates decoded frames to display orientation (counter-clockwise by `rotation` degrees)."""
+  k = (int(rotation) // 90) % 4
+  return np.ascontiguousarray(np.rot90(frames, k=k, axes=(1, 2))) if k else frames
+
+
+def encode_clip(row: dict, frames_rgb: np.ndarray, stride: int, vae, text_encoder,
+                ecfg) -> schema_lib.ClipRecord:
+  """Pure core: decoded RGB frames + caption of one clip -> a ClipRecord for the shards."""
+  bucket = pick_bucket(row["height"], row["width"], ecfg.buckets)
+  frames_rgb = apply_rotation(frames_rgb, row.get("rotation", 0))
+  crop, top, left = resize_crop(frames_rgb, bucket)
+  x = crop.astype(np.float32) / 127.5 - 1.0
+  bs = int(ecfg.batch_frames)
+  latents = np.concatenate([np.asarray(vae.encode(x[i:i + bs]), np.float32)
+                            for i in range(0, len(x), bs)])
+  tokens, mask, pooled = text_encoder.encode_text([row.get("caption", "")])
+  micro = dict(orig_height=int(row["height"]), orig_width=int(row["width"]), crop_top=int(top),
+               crop_left=int(left), stride=int(stride), num_frames=int(len(frames_rgb)))
+  return schema_lib.ClipRecord(
+      latents=latents, text=np.asarray(tokens[0]), text_mask=np.asarray(mask[0]),
+      pooled=np.asarray(pooled[0]), micro=micro, caption=row.get("caption", ""),
+      clip_id=row["id"], source=row.get("relpath", row["path"]),
+      span=(float(row["start_seconds"]), float(row["end_seconds"])))
+
+
+def decode_for_encode(row: dict, ecfg) -> tuple[np.ndarray, int]:
+  """Decodes the frames of one clip that encode uses; -> (RGB frames, stride used)."""
+  idx, stride = frame_indices(int(row["start"]), int(row["end"]), int(ecfg.num_frames),
+                              int(ecfg.stride))
+  return video_io.read_frames(row["path"], idx), stride
+
+
+def example_path(out_dir: str, clip_id: str) -> str:
+  """Where the encoded example of a clip is cached between encode and shard writing."""
+  return os.path.join(out_dir, "encoded", f"{clip_id}.example")
+
+
+def save_example(path: str, data: bytes) -> None:
+  """Atomic write of one encoded example."""
+  os.makedirs(os.path.dirname(path), exist_ok=True)
+  tmp = f"{path}.tmp.{os.getpid()}"
+  with open(tmp, "wb") as fh:
+    fh.write(data)
+  os.replace(tmp, path)
+
+
+def write_bucket_shards(shard_dir: str, bucket: str, items: list[tuple[str, bytes, list[int]]],
+                        target_shard_bytes: int, metadata: dict | None = None) -> list[str]:
+  """Writes one bucket's (clip id, example bytes, latent shape) items, sorted by id."""
+  prefix = "bucket-" + bucket
+  with writer_lib.ShardWriter(shard_dir, prefix=prefix, manifest=False,
+                              target_shard_bytes=target_shard_bytes, overwrite=True,
+                              metadata=metadata) as w:
+    for _, data, shape in sorted(items, key=lambda t: t[0]):
+      w.write_encoded(data, bucket, list(shape))
+  return w.shards
+
+
+def write_all_shards(out_dir: str, rows: list[dict], ecfg, metadata: dict | None = None) -> dict:
+  """Builds `<out_dir>/shards` from the cached examples of `rows` (atomic: temp dir + rename)."""
+  final = os.path.join(out_dir, "shards")
+  tmp = final + ".tmp"
+  shutil.rmtree(tmp, ignore_errors=True)
+  os.makedirs(tmp)
+  groups: dict[str, list] = {}
+  for r in rows:
+    with open(example_path(out_dir, r["id"]), "rb") as fh:
+      groups.setdefault(r["bucket"], []).append((r["id"], fh.read(), r["latents_shape"]))
+  target = int(ecfg.target_shard_mb * (1 << 20))
+  for bucket, items in sorted(groups.items()):
+    write_bucket_shards(tmp, bucket, items, target)
+  manifest = writer_lib.write_manifest(tmp, metadata=metadata or {})
+  shutil.rmtree(final, ignore_errors=True)
+  os.replace(tmp, final)
+  return manifest

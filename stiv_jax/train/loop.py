@@ -1,0 +1,232 @@
+"""The training loop, in sections (big_vision style): setup, data, state, compile, loop, finish.
+
+`train(config, workdir)` resumes from the workdir's latest checkpoint when there is one, saves on
+SIGTERM (preemption) before returning, and stops after `train.max_bad_steps` non-finite updates
+in a row with a checkpoint of the last good parameters.
+"""
+from __future__ import annotations
+
+import math
+import os
+import signal
+import time
+from typing import Any
+
+import jax
+import ml_collections
+import numpy as np
+from absl import logging
+from flax import nnx
+
+from stiv_jax import conditioning, flow
+from stiv_jax import sharding as shd
+from stiv_jax.train import checkpoint as ckpt_lib
+from stiv_jax.train import metrics as metrics_lib
+from stiv_jax.train import optimizer as opt_lib
+from stiv_jax.train import state as state_lib
+from stiv_jax.train import step as step_lib
+
+
+class NonFiniteError(RuntimeError):
+  """Raised after too many non-finite updates in a row (a checkpoint was saved first)."""
+
+
+def validate_config(config: ml_collections.ConfigDict, num_devices: int | None = None,
+                    process_count: int | None = None) -> None:
+  """Checks every section before anything compiles; raises ValueError naming the field."""
+  from stiv_jax.models.config import validate_model_config
+  for section in ("model", "vae", "text", "data", "flow", "conditioning", "optimizer", "train",
+                  "mesh", "checkpoint", "metrics", "init"):
+    if section not in config:
+      raise ValueError(f"config: section {section!r} missing")
+  validate_model_config(config.model)
+  flow.validate_flow_config(config.flow)
+  conditioning.validate_conditioning_config(config.conditioning, config.model.num_frames)
+  opt_lib.validate_optimizer_config(config.optimizer)
+  ckpt_lib.validate_checkpoint_config(config.checkpoint)
+  if config.model.text_dim != config.text.dim:
+    raise ValueError(f"model.text_dim={config.model.text_dim} != text.dim={config.text.dim}")
+  if config.model.latent_channels != config.vae.latent_channels:
+    raise ValueError(f"model.latent_channels={config.model.latent_channels} != "
+                     f"vae.latent_channels={config.vae.latent_channels}")
+  if config.train.num_steps < 1:
+    raise ValueError(f"train.num_steps: must be >= 1, got {config.train.num_steps}")
+  if config.train.max_bad_steps < 1:
+    raise ValueError(f"train.max_bad_steps: must be >= 1, got {config.train.max_bad_steps}")
+  if config.metrics.every_steps < 1:
+    raise ValueError(f"metrics.every_steps: must be >= 1, got {config.metrics.every_steps}")
+  if not config.data.path:
+    raise ValueError("data.path: not set; point it to a latent-shard dataset directory")
+  num_devices = jax.device_count() if num_devices is None else num_devices
+  process_count = jax.process_count() if process_count is None else process_count
+  mesh_sizes = dict(zip(shd.MESH_AXES, shd.mesh_shape(config.mesh, num_devices)))
+  rules = shd.rules_from_config(config.mesh.rules)
+  split = math.prod(mesh_sizes[a] for a in rules.get("batch", ()))
+  b = config.data.batch_size
+  if b % split or b % process_count:
+    raise ValueError(f"data.batch_size={b} must be divisible by the batch split {split} "
+                     f"(mesh {mesh_sizes}, rule batch={rules.get('batch')}) and by "
+                     f"{process_count} processes")
+
+
+class _Preemption:
+  """Sets a flag on SIGTERM so the loop saves and returns at the next step boundary."""
+
+  def __init__(self):
+    self.requested = False
+    self._old = None
+
+  def __enter__(self):
+    def handler(signum, frame):
+      logging.warning("SIGTERM received: saving a checkpoint and stopping.")
+      self.requested = True
+    try:
+      self._old = signal.signal(signal.SIGTERM, handler)
+    except ValueError:  # not the main thread
+      self._old = None
+    return self
+
+  def __exit__(self, *exc):
+    if self._old is not None:
+      signal.signal(signal.SIGTERM, self._old)
+
+
+def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
+  """Trains until train.num_steps (or preemption); returns a summary dict."""
+  # ---- 1. Setup: config check, mesh, rules, writers.
+  validate_config(config)
+  workdir = os.path.abspath(workdir)
+  os.makedirs(workdir, exist_ok=True)
+  ckpt_lib.save_config(workdir, config)
+  mesh = shd.make_mesh(config.mesh)
+  rules = shd.rules_from_config(config.mesh.rules)
+  is_main = jax.process_index() == 0
+  writer = metrics_lib.Writer(workdir, tensorboard=config.metrics.tensorboard,
+                              jsonl=config.metrics.jsonl, enabled=is_main)
+  logging.info("mesh %s over %d devices, %d processes", dict(mesh.shape), jax.device_count(),
+               jax.process_count())
+
+  # ---- 2. Data: this process's slice of every global batch.
+  from stiv_jax.data import pipeline
+  from stiv_jax.models.encoders.base import build_text_encoder
+  local_batch = config.data.batch_size // jax.process_count()
+  data_iter = pipeline.make_iterator(config.data, seed=config.data.seed,
+                                     process_index=jax.process_index(),
+                                     process_count=jax.process_count(), batch_size=local_batch)
+  null_text = step_lib.null_text_arrays(build_text_encoder(config.text))
+
+  # ---- 3. Train state: resume, or fresh (optionally initialised from other stages).
+  tx = opt_lib.make_optimizer(config.optimizer)
+  make_model = lambda: state_lib.build_model(config.model, config.seed)  # noqa: E731
+  ckpt = ckpt_lib.Checkpointer(workdir, config.checkpoint)
+  latest = ckpt.latest_step()
+  if latest is not None:
+    graphdef, target, shardings = state_lib.abstract_train_state(make_model, tx, mesh, rules)
+    state = ckpt.restore(latest, target, data_iter)
+    logging.info("resumed from %s/%d", ckpt.directory, latest)
+    print(f"Resumed from checkpoint step {latest} in {ckpt.directory}", flush=True)
+  else:
+    graphdef, state, shardings = state_lib.create_train_state(make_model, tx, mesh, rules)
+    if config.init.sources:
+      from stiv_jax.train import stages
+      state, report = stages.init_from_sources(config, state, shardings)
+      if is_main:
+        print(report.summary(), flush=True)
+  if is_main and latest is None:
+    from clu import parameter_overview
+    print(parameter_overview.get_parameter_overview(
+        jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype),
+                     nnx.to_pure_dict(state.params)), include_stats=False), flush=True)
+
+  # ---- 4. Compile the one jitted step (ahead of time, on the first batch's shapes).
+  first = next(data_iter)
+  batch = shd.shard_batch(first, mesh, rules)
+  bshard = shd.batch_shardings(first, mesh, rules)
+  train_fn = step_lib.jit_train_step(config, graphdef, tx, shardings, bshard, mesh)
+  t0 = time.perf_counter()
+  compiled = train_fn.lower(state, batch, null_text).compile()
+  logging.info("compiled the train step in %.1fs", time.perf_counter() - t0)
+  _, num_frames, height, width, _ = first["latents"].shape
+  flops_per_step = metrics_lib.step_flops(config.model, config.data.batch_size, num_frames,
+                                          height, width, first["text"].shape[1])
+  tokens_per_ex = metrics_lib.tokens_per_example(config.model, num_frames, height, width)
+  peak, peak_src = metrics_lib.peak_flops_per_device(config.metrics.peak_flops_per_device)
+  logging.info("peak FLOP/s per device %.3g (%s)", peak, peak_src)
+
+  # ---- 5. The loop: dispatch step s, then fetch step s-1's metrics (one step in flight).
+  step = int(jax.device_get(state.step))
+  num_steps = int(config.train.num_steps)
+  acc = metrics_lib.Accumulator()
+  pending = None
+  wait = 0.0
+  interval_start, interval_steps = time.perf_counter(), 0
+  first_loss = last_loss = None
+  stopped = "done"
+
+  def consume(item) -> None:
+    nonlocal first_loss, last_loss
+    s, m = item
+    host = jax.device_get(m)
+    acc.update(host)
+    if bool(host["finite"]):
+      last_loss = float(host["loss"])
+      first_loss = last_loss if first_loss is None else first_loss
+    if int(host["bad_streak"]) >= config.train.max_bad_steps:
+      ckpt.save(s, state, data_iter, force=True)
+      ckpt.wait()
+      raise NonFiniteError(
+          f"{int(host['bad_streak'])} non-finite updates in a row at step {s} "
+          f"(train.max_bad_steps={config.train.max_bad_steps}); the last good parameters "
+          f"are saved in {ckpt.directory}/{s}")
+
+  with _Preemption() as preemption:
+    while step < num_steps:
+      if batch is None:
+        t_wait = time.perf_counter()
+        batch = shd.shard_batch(next(data_iter), mesh, rules)
+        wait += time.perf_counter() - t_wait
+      state, m = compiled(state, batch, null_text)
+      batch = None
+      step += 1
+      interval_steps += 1
+      if pending is not None:
+        consume(pending)
+      pending = (step, m)
+
+      if step % config.metrics.every_steps == 0 or step == num_steps:
+        consume(pending)
+        pending = None
+        jax.block_until_ready(state.step)
+        now = time.perf_counter()
+        scalars = acc.compute()
+        scalars.update(metrics_lib.throughput(
+            steps=interval_steps, elapsed=now - interval_start, wait=wait,
+            global_batch=config.data.batch_size, tokens_per_ex=tokens_per_ex,
+            flops_per_step=flops_per_step, peak=peak))
+        scalars.update(data_iter.metrics())
+        writer.write(step, scalars)
+        acc.reset()
+        interval_start, interval_steps, wait = time.perf_counter(), 0, 0.0
+
+      preempted = preemption.requested or ckpt.reached_preemption(step)
+      if step % config.checkpoint.every_steps == 0 or step == num_steps or preempted:
+        ckpt.save(step, state, data_iter, force=True)
+      if preempted:
+        stopped = "preempted"
+        break
+    if pending is not None:
+      consume(pending)
+
+  # ---- 6. Finish: wait for saves, say where everything is.
+  ckpt.close()
+  data_iter.close()
+  writer.close()
+  summary = {"step": step, "stopped": stopped, "first_loss": first_loss, "last_loss": last_loss,
+             "checkpoints": ckpt.directory, "tensorboard": writer.tb_dir,
+             "metrics": writer.jsonl_path}
+  if is_main:
+    print(f"Training {stopped} at step {step}: loss {first_loss} -> {last_loss}", flush=True)
+    print(f"Checkpoints: {ckpt.directory}", flush=True)
+    print(f"TensorBoard logs: {writer.tb_dir}  (tensorboard --logdir {writer.tb_dir})", flush=True)
+    print(f"Metrics (JSONL): {writer.jsonl_path}", flush=True)
+  return summary
