@@ -40,6 +40,8 @@ def main(argv) -> None:
     raise app.UsageError("--config is required (e.g. --config=experiments/configs/demo.py)")
   if not _WORKDIR.value:
     raise app.UsageError("--workdir is required")
+  if not flags.FLAGS["verbosity"].present:
+    logging.set_verbosity(logging.WARNING)  # orbax logs every save at INFO
   maybe_initialize_distributed(_DISTRIBUTED.value)
   from stiv_jax.train import loop
   try:

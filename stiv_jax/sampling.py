@@ -285,6 +285,22 @@ def model_apply_fn(graphdef: nnx.GraphDef) -> ApplyFn:
   return apply
 
 
+@functools.lru_cache(maxsize=16)
+def _cached_step(graphdef: nnx.GraphDef, cfg: SamplerConfig):
+  """One jitted step per (model structure, sampler choices): repeated samplers (CLI calls in one
+  process, samples every N training steps) reuse its compilations."""
+  return jax.jit(functools.partial(sample_step, model_apply_fn(graphdef), cfg))
+
+
+def jitted_step(graphdef: nnx.GraphDef, cfg: SamplerConfig):
+  """The jitted sample step for a model graph; the step count is not part of the step."""
+  key_cfg = dataclasses.replace(cfg, steps=1)
+  try:
+    return _cached_step(graphdef, key_cfg)
+  except TypeError:  # an unhashable graph: compile for this sampler only
+    return jax.jit(functools.partial(sample_step, model_apply_fn(graphdef), cfg))
+
+
 def initial_noise(seed: int, batch: int, shape: Sequence[int], offset: int = 0) -> Array:
   """Per-sample Gaussian noise: sample i uses fold_in(key(seed), offset + i), so a sample
   does not depend on the batch it is drawn in."""
@@ -312,11 +328,13 @@ class Sampler:
     self.batch_axes = axes
     self.batch_divisor = int(np.prod([self.mesh.shape[a] for a in axes]))
     graphdef, state = nnx.split(model)
-    self._apply = apply or model_apply_fn(graphdef)
     # Simplified placement: parameters not already sharded on this mesh are replicated.
     self.params = jax.tree.map(self._place_param, state)
     self._batch_sharding = NamedSharding(self.mesh, P(axes))
-    self._step = jax.jit(functools.partial(sample_step, self._apply, cfg))
+    if apply is None:
+      self._step = jitted_step(graphdef, cfg)
+    else:
+      self._step = jax.jit(functools.partial(sample_step, apply, cfg))
 
   def _place_param(self, leaf):
     """Keeps a parameter's NamedSharding on this mesh; replicates it otherwise."""

@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from data_pipeline import synth
 from experiments.configs import common
 from stiv_jax.eval import cli, during_training, features, frechet, i3d, inception, netlib
+from stiv_jax.data import synthetic as synth
 from stiv_jax.eval import synthetic, video_io
 from stiv_jax.models.encoders.standins import HashTextEncoder, PixelSpaceVAE
 from stiv_jax.models.stiv import STIV

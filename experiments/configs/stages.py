@@ -96,6 +96,9 @@ def _paper_sections(c: ml_collections.ConfigDict, size: str, topology: str) -> N
   kind = topology.split("-")[0]
   fsdp, tensor, remat = PAPER_MESH.get((size, kind), (8, 1, "save_self_attn"))
   c.mesh = sharding.mesh_config(data=-1, fsdp=fsdp, tensor=tensor)
+  # Cross-attention k/v kernels are [layers, text_embed, heads, kv]: without this they stay
+  # replicated (330 MB per device for XL); 1280 divides every fsdp size used here.
+  c.mesh.rules.text_embed = "fsdp"
   c.model.remat = remat
   c.model.dtype = "bfloat16"
   c.data.worker_count = 4

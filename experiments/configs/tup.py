@@ -14,6 +14,6 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   """The TUP stage; rope_scale_t from UnmaskSFT's 20 frames (20 / 40)."""
   return stages.stage_config(
       "tup", arg, file=__file__, resolution=512, frames=40, frame_stride=1,
-      tasks={"every_other": 1.0}, batch_size=128, num_steps=50_000, lr=1e-4, mask_ratio=0.0,
+      tasks={"every_other": 1.0}, batch_size=256, num_steps=50_000, lr=1e-4, mask_ratio=0.0,
       data_name="curated512_f40_s1", starts_from=[("unmask_sft", ".*", "")],
       rope_from="unmask_sft")

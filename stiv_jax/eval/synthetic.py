@@ -14,12 +14,12 @@ from typing import Iterable, Mapping, Sequence
 
 import numpy as np
 
-# name -> RGB 0..255 (the synthetic corpus palette).
-PALETTE = {
-    "red": (255, 0, 0), "green": (0, 255, 0), "blue": (0, 0, 255), "yellow": (255, 255, 0),
-    "magenta": (255, 0, 255), "cyan": (0, 255, 255), "white": (255, 255, 255)}
-SHAPES = ("circle", "square", "triangle")
-DIRECTIONS = ("left", "right", "up", "down")
+from stiv_jax.data import synthetic as corpus
+
+# name -> RGB 0..255: the synthetic corpus palette, shapes and directions.
+PALETTE = dict(corpus.COLORS)
+SHAPES = tuple(corpus.SHAPES)
+DIRECTIONS = tuple(corpus.DIRECTIONS)
 ATTRIBUTES = ("color", "shape", "direction")
 
 

@@ -9,7 +9,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from stiv_jax.models import layers, rope
+from stiv_jax.models import layers
 
 
 def attend(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array | None = None,
@@ -46,23 +46,13 @@ class Attention(nnx.Module):
     return q, k, v
 
   def __call__(self, x: jax.Array, context: jax.Array | None = None,
-               mask: jax.Array | None = None, q_pos=None, k_pos=None, rope_fn=None) -> jax.Array:
-    """x [B, S, D]; context [B, L, Dk] (None: self-attention); rope_fn(t, pos) rotates q/k."""
+               mask: jax.Array | None = None, rope_fn=None) -> jax.Array:
+    """x [B, S, D]; context [B, L, Dk] (None: self-attention); rope_fn rotates q and k."""
     q, k, v = self.project(x, x if context is None else context)
     if rope_fn is not None:
-      q, k = rope_fn(q, q_pos), rope_fn(k, k_pos)
+      q, k = rope_fn(q), rope_fn(k)
     out = attend(q, k, v, mask=mask, implementation=self.implementation)
     return self.o(out)
-
-
-def spatial_rope(theta: float):
-  """RoPE over (row, col) positions given as a pair of [B, S] arrays."""
-  return lambda x, pos: rope.apply_rope_2d(x, pos[0], pos[1], theta)
-
-
-def temporal_rope(theta: float):
-  """RoPE over time positions [B, T] (or broadcastable)."""
-  return lambda x, pos: rope.apply_rope(x, pos, theta)
 
 
 def text_mask_for_attention(text_mask: jax.Array) -> jax.Array:

@@ -12,16 +12,25 @@ import jax.numpy as jnp
 from flax import nnx
 from jax.ad_checkpoint import checkpoint_name
 
-from stiv_jax.models import attention, layers
+from stiv_jax.models import attention, layers, rope
 
 SELF_ATTN_NAME = "self_attn"  # remat name of spatial/temporal attention outputs
 
 
 class Positions(NamedTuple):
-  """Per-token RoPE positions: rows/cols [B, K] of the kept spatial tokens, time [Tp]."""
-  rows: jax.Array
-  cols: jax.Array
-  time: jax.Array
+  """Per-token RoPE tables, computed once per forward: rows/cols [B, K, head_dim/4] of the kept
+  spatial tokens, time [Tp, head_dim/2]."""
+  rows: rope.RopeTable
+  cols: rope.RopeTable
+  time: rope.RopeTable
+
+
+def rope_positions(rows: jax.Array, cols: jax.Array, time: jax.Array, head_dim: int,
+                   theta: float) -> Positions:
+  """Positions (already scaled for interpolation) -> the shared cos/sin tables."""
+  return Positions(rope.rope_table(rows, head_dim // 2, theta),
+                   rope.rope_table(cols, head_dim // 2, theta),
+                   rope.rope_table(time, head_dim, theta))
 
 
 class STIVBlock(nnx.Module):
@@ -60,17 +69,20 @@ class STIVBlock(nnx.Module):
 
     # 1. Spatial self-attention: time folded into batch; 2D RoPE per token; modulated, gated.
     h = layers.layer_norm(x, self.eps) * (1 + scale_a) + shift_a
-    rows = jnp.broadcast_to(pos.rows[:, None], (b, tp, k)).reshape(b * tp, k)
-    cols = jnp.broadcast_to(pos.cols[:, None], (b, tp, k)).reshape(b * tp, k)
-    h = self.spatial(h.reshape(b * tp, k, d), q_pos=(rows, cols), k_pos=(rows, cols),
-                     rope_fn=attention.spatial_rope(self.theta)).reshape(b, tp, k, d)
+    rows = rope.RopeTable(*(a[:, None, :, None, :] for a in pos.rows))  # [B, 1, K, 1, d/4]
+    cols = rope.RopeTable(*(a[:, None, :, None, :] for a in pos.cols))
+
+    def spatial_rope(q):  # q [B*Tp, K, N, hd]: rotate in the [B, Tp, K, N, hd] layout
+      q5 = q.reshape(b, tp, k, *q.shape[2:])
+      return rope.rotate_2d(q5, rows, cols).reshape(q.shape)
+
+    h = self.spatial(h.reshape(b * tp, k, d), rope_fn=spatial_rope).reshape(b, tp, k, d)
     x = self._residual(x, checkpoint_name(h, SELF_ATTN_NAME), gate_a)
 
     # 2. Temporal self-attention: space folded into batch; 1D RoPE; bidirectional; no modulation.
     if self.temporal is not None and tp > 1:
       h = layers.layer_norm(x, self.eps).transpose(0, 2, 1, 3).reshape(b * k, tp, d)
-      tpos = jnp.broadcast_to(pos.time[None], (b * k, tp))
-      h = self.temporal(h, q_pos=tpos, k_pos=tpos, rope_fn=attention.temporal_rope(self.theta))
+      h = self.temporal(h, rope_fn=lambda q: rope.rotate(q, rope.per_head(pos.time)))
       h = h.reshape(b, k, tp, d).transpose(0, 2, 1, 3)
       x = self._residual(x, checkpoint_name(h, SELF_ATTN_NAME))
 

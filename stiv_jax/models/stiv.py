@@ -116,10 +116,13 @@ class STIV(nnx.Module):
 
     time_pos = jnp.arange(tp, dtype=jnp.float32) * cfg.rope_scale_t
 
+    head_dim = cfg.hidden // cfg.heads
+
     def positions(idx):
       rows, cols = masking.grid_positions(idx, wp)
-      return blocks.Positions(rows.astype(jnp.float32) * cfg.rope_scale_s,
-                              cols.astype(jnp.float32) * cfg.rope_scale_s, time_pos)
+      return blocks.rope_positions(rows.astype(jnp.float32) * cfg.rope_scale_s,
+                                   cols.astype(jnp.float32) * cfg.rope_scale_s, time_pos,
+                                   head_dim, cfg.rope_theta)
 
     text_mask4 = attention.text_mask_for_attention(text_mask)
     text = text.astype(self.dtype)

@@ -59,6 +59,9 @@ def validate_config(config: ml_collections.ConfigDict, num_devices: int | None =
     raise ValueError("data.path: not set; point it to a latent-shard dataset directory")
   num_devices = jax.device_count() if num_devices is None else num_devices
   process_count = jax.process_count() if process_count is None else process_count
+  if config.mesh.get("partitioner", "gspmd") not in shd.PARTITIONERS:
+    raise ValueError(f"mesh.partitioner: {config.mesh.partitioner!r} unknown; expected one of "
+                     f"{shd.PARTITIONERS}")
   mesh_sizes = dict(zip(shd.MESH_AXES, shd.mesh_shape(config.mesh, num_devices)))
   rules = shd.rules_from_config(config.mesh.rules)
   split = math.prod(mesh_sizes[a] for a in rules.get("batch", ()))
@@ -98,6 +101,7 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
   workdir = os.path.abspath(workdir)
   os.makedirs(workdir, exist_ok=True)
   ckpt_lib.save_config(workdir, config)
+  shd.set_partitioner(config.mesh)
   mesh = shd.make_mesh(config.mesh)
   rules = shd.rules_from_config(config.mesh.rules)
   is_main = jax.process_index() == 0

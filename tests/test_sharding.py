@@ -1,0 +1,112 @@
+"""The train step gives the same loss and parameters on every mesh; states are sharded by the rules."""
+import jax
+import ml_collections
+import numpy as np
+import pytest
+from jax.sharding import PartitionSpec as P
+
+from experiments.configs import demo
+from stiv_jax import sharding as shd
+from stiv_jax.models.encoders.base import build_text_encoder
+from stiv_jax.train import optimizer as opt_lib
+from stiv_jax.train import state as state_lib
+from stiv_jax.train import step as step_lib
+
+MESHES = [(1, 1, 1), (8, 1, 1), (2, 4, 1), (1, 4, 2), (2, 2, 2)]
+NUM_STEPS = 2
+
+
+def _config():
+  c = demo.get_config("tiny")
+  c.model.depth = 1
+  c.model.mask_decoder_depth = 1
+  c.optimizer.warmup_steps = 0
+  return c
+
+
+def _batch(c, b=8):
+  rng = np.random.default_rng(0)
+  m = c.model
+  return {"latents": rng.standard_normal((b, m.num_frames, m.latent_height, m.latent_width,
+                                          m.latent_channels)).astype(np.float32),
+          "text": rng.standard_normal((b, c.text.max_length, c.text.dim)).astype(np.float32),
+          "text_mask": np.arange(c.text.max_length)[None].repeat(b, 0) < 5,
+          "pooled": rng.standard_normal((b, c.text.dim)).astype(np.float32),
+          "micro": np.tile(np.array([32, 32, 0, 0, 1, 4], np.float32), (b, 1))}
+
+
+def _run(shape):
+  c = _config()
+  c.mesh.data, c.mesh.fsdp, c.mesh.tensor = shape
+  shd.set_partitioner(c.mesh)
+  mesh = shd.make_mesh(c.mesh, jax.devices()[:int(np.prod(shape))])
+  rules = shd.rules_from_config(c.mesh.rules)
+  tx = opt_lib.make_optimizer(c.optimizer)
+  graphdef, state, shardings = state_lib.create_train_state(
+      lambda: state_lib.build_model(c.model, c.seed), tx, mesh, rules)
+  batch = _batch(c)
+  fn = step_lib.jit_train_step(c, graphdef, tx, shardings, shd.batch_shardings(batch, mesh, rules),
+                               mesh)
+  null = step_lib.null_text_arrays(build_text_encoder(c.text))
+  losses = []
+  for _ in range(NUM_STEPS):
+    state, m = fn(state, shd.shard_batch(batch, mesh, rules), null)
+    losses.append(float(m["loss"]))
+  return mesh, rules, state, losses
+
+
+@pytest.fixture(scope="module")
+def reference():
+  _, _, state, losses = _run(MESHES[0])
+  return jax.tree.map(np.asarray, state.params), losses
+
+
+@pytest.mark.parametrize("shape", MESHES[1:], ids=lambda s: "x".join(map(str, s)))
+def test_same_loss_params_and_shardings(reference, shape):
+  ref_params, ref_losses = reference
+  mesh, rules, state, losses = _run(shape)
+  np.testing.assert_allclose(losses, ref_losses, rtol=2e-5)
+  for a, b in zip(jax.tree.leaves(ref_params), jax.tree.leaves(state.params)):
+    np.testing.assert_allclose(np.asarray(b), a, rtol=1e-4, atol=1e-6)
+
+  # Every parameter and its EMA is sharded as the rules say.
+  flat = jax.tree_util.tree_flatten_with_path(state.params, is_leaf=shd._is_variable)[0]
+  ema = jax.tree.leaves(state.ema_params)
+  for (path, var), e in zip(flat, ema):
+    want = shd.logical_to_mesh(shd._leaf_logical(var), var.get_value().shape, mesh, rules)
+    assert var.get_value().sharding.spec == want, path
+    assert e.sharding.spec == want, path
+  data, fsdp, tensor = shape
+  fc1 = state.params["blocks"]["fc1"]["kernel"].get_value()      # (layers, embed, mlp)
+  assert fc1.sharding.spec == P(None, "fsdp" if fsdp > 1 else None,
+                                "tensor" if tensor > 1 else None)
+  if fsdp > 1:   # the shard really is smaller than the array
+    assert fc1.addressable_shards[0].data.shape[1] == fc1.shape[1] // fsdp
+
+  # AdaFactor's factored moments are rank-reduced and get their own (reduced) specs.
+  rms = next(s for s in state.opt_state if hasattr(s, "v_row"))
+  v_row = rms.v_row["blocks"]["fc1"]["kernel"].get_value()        # mlp axis (largest) removed
+  v_col = rms.v_col["blocks"]["fc1"]["kernel"].get_value()        # embed axis removed
+  assert v_row.shape == (1, 64) and v_col.shape == (1, 256)
+  assert v_row.sharding.spec == P(None, "fsdp" if fsdp > 1 else None)
+  assert v_col.sharding.spec == P(None, "tensor" if tensor > 1 else None)
+  assert state.step.sharding.is_fully_replicated
+
+
+def test_mesh_shape_and_rules():
+  cfg = ml_collections.ConfigDict({"data": -1, "fsdp": 2, "tensor": 2})
+  assert shd.mesh_shape(cfg, 8) == (2, 2, 2)
+  with pytest.raises(ValueError, match="only one axis"):
+    shd.mesh_shape(ml_collections.ConfigDict({"data": -1, "fsdp": -1, "tensor": 1}), 8)
+  with pytest.raises(ValueError, match="needs 6 devices"):
+    shd.mesh_shape(ml_collections.ConfigDict({"data": 3, "fsdp": 2, "tensor": 1}), 8)
+  with pytest.raises(ValueError, match="mesh.rules.embed"):
+    shd.rules_from_config({"embed": "model"})
+  rules = shd.rules_from_config(shd.default_rules())
+  mesh = shd.make_mesh(cfg)
+  assert mesh.axis_names == shd.MESH_AXES
+  assert shd.logical_to_mesh(("embed", "mlp"), (64, 256), mesh, rules) == P("fsdp", "tensor")
+  # A dim the mesh axis does not divide is replicated; an axis is used at most once.
+  assert shd.logical_to_mesh(("embed", "heads"), (63, 2), mesh, rules) == P(None, "tensor")
+  assert shd.logical_to_mesh(("embed", "embed"), (64, 64), mesh, rules) == P("fsdp", None)
+  assert shd.batch_spec(rules, 3) == P(("data", "fsdp"), None, None)
