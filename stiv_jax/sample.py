@@ -50,7 +50,8 @@ def build_parser() -> argparse.ArgumentParser:
   p.add_argument("--solver", choices=("euler", "heun", "sde"), default=None)
   p.add_argument("--schedule", choices=("uniform", "shifted"), default=None)
   p.add_argument("--shift", type=float, default=None)
-  p.add_argument("--image", help="first frame (ti2v), input view (multiview), first keyframe (interp)")
+  p.add_argument("--image",
+                 help="first frame (ti2v, long), input view (multiview), first keyframe (interp)")
   p.add_argument("--last-image", help="last keyframe (interp)")
   p.add_argument("--video", help="input video (v2v, tup, interp)")
   p.add_argument("--resize", action="store_true", help="resize inputs to the model resolution")
@@ -189,7 +190,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
   latents = runner.run(task.name, prompts, inputs, seed=args.seed, num_frames=args.num_frames,
                        length=args.length, progress=not args.no_progress)
   summary = write_outputs(runner.decode(latents), args)
-  summary.update(task=task.name, prompts=prompts, seed=args.seed, steps=scfg.steps,
+  summary.update(task=task.name, prompts=[""] * len(prompts) if task.empty_text else prompts,
+                 seed=args.seed, steps=scfg.steps,
                  guidance=scfg.guidance, frames=int(latents.shape[1]))
   return summary
 

@@ -11,6 +11,7 @@ from typing import Any, Mapping, Sequence
 
 import jax
 import ml_collections
+from flax import nnx
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
@@ -127,7 +128,7 @@ def _leaf_logical(x: Any) -> tuple | None:
 
 
 def _is_variable(x: Any) -> bool:
-  return hasattr(x, "get_metadata") and hasattr(x, "value")
+  return isinstance(x, nnx.Variable)
 
 
 def param_specs(params: Any, mesh: Mesh, rules: Rules) -> Any:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 
@@ -100,7 +100,8 @@ def given_frames(task: TaskSpec, inputs: TaskInputs, num_frames: int, k: int = 4
     return np.zeros((0, 0, 0, 3), np.uint8)
   if task.needs == "image":
     if inputs.image is None:
-      raise TaskError(f"--task={task.name} needs --image (the {'input view' if task.empty_text else 'first frame'})")
+      what = "input view" if task.empty_text else "first frame"
+      raise TaskError(f"--task={task.name} needs --image (the {what})")
     return np.asarray(inputs.image)[None]
   if task.needs == "endpoints":
     if inputs.image is not None and inputs.last_image is not None:
@@ -110,7 +111,8 @@ def given_frames(task: TaskSpec, inputs: TaskInputs, num_frames: int, k: int = 4
       if v.shape[0] < 2:
         raise TaskError(f"--video: interp needs >= 2 frames (first and last), got {v.shape[0]}")
       return np.stack([v[0], v[-1]])
-    raise TaskError("--task=interp needs --image and --last-image, or --video (first and last frame)")
+    raise TaskError("--task=interp needs --image and --last-image, or --video "
+                    "(its first and last frame)")
   # 'video'
   if inputs.video is None:
     raise TaskError(f"--task={task.name} needs --video")
@@ -128,7 +130,7 @@ class TaskRunner:
                model_cfg: Any, *, frame_stride: float = 1.0, first_k: int = 4,
                keyframe_stride: float = 20.0, resize: bool = False,
                resize_fn: Callable[[np.ndarray, int, int], np.ndarray] | None = None):
-    """sample_fn(cond, null, seed=..., progress=..., noise_offset=...) -> latents [B, T, h, w, C]."""
+    """sample_fn(cond, null, seed=, progress=, noise_offset=) -> latents [B, T, h, w, C]."""
     self.sample_fn = sample_fn
     self.text_encoder = text_encoder
     self.vae = vae
@@ -147,7 +149,8 @@ class TaskRunner:
       raise TaskError(f"vae.latent_channels={vae.latent_channels} does not match "
                       f"model.latent_channels={model_cfg.latent_channels}")
     if int(text_encoder.dim) != int(model_cfg.text_dim):
-      raise TaskError(f"text.dim={text_encoder.dim} does not match model.text_dim={model_cfg.text_dim}")
+      raise TaskError(f"text.dim={text_encoder.dim} does not match "
+                      f"model.text_dim={model_cfg.text_dim}")
 
   # ------------------------------------------------------------------ pieces
 
@@ -209,7 +212,7 @@ class TaskRunner:
     inputs = inputs or TaskInputs()
     prompts = [""] * len(prompts) if task.empty_text else list(prompts)
     if not prompts:
-      raise TaskError("no prompts: pass --prompt or --prompts-file (or --num-samples for multiview)")
+      raise TaskError("no prompts: pass --prompt or --prompts-file")
     t = 1 if task.single_frame else int(num_frames or self.cfg.num_frames)
     if task.name == "long":
       return self.long(prompts, length or 2 * t, seed=seed, num_frames=t, inputs=inputs,
@@ -217,7 +220,8 @@ class TaskRunner:
     mask = clip_mask(task, t, self.first_k)
     given = None
     if task.needs is not None:
-      given = self.encode_frames(given_frames(task, inputs, t, self.first_k), f"--task={task.name} input")
+      frames = given_frames(task, inputs, t, self.first_k)
+      given = self.encode_frames(frames, f"--task={task.name} input")
     return self.clip(prompts, mask, given, seed, progress=progress)
 
   def long(self, prompts: Sequence[str], length: int, seed: int, num_frames: int,

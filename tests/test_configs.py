@@ -88,41 +88,61 @@ def _batch(c, rng):
 
 
 @pytest.fixture(scope="module")
-def runner():
-  """Runs two train steps of a config; the initial state is shared by equal model configs."""
-  from stiv_jax.models.encoders import build_text_encoder
-  states = {}
+def prepared():
+  """For every stage's `tiny` config: state, batch and compiled step, on one device.
 
-  def run(c):
-    mesh = shd.make_mesh(c.mesh)
+  Initial states are built eagerly (no init compile) and shared by equal model configs; steps
+  are shared by equal step configs and compiled two at a time (XLA compiles outside the GIL).
+  """
+  from concurrent.futures import ThreadPoolExecutor
+
+  from flax import nnx
+
+  from stiv_jax.models.encoders import build_text_encoder
+  mesh = shd.make_mesh(shd.mesh_config(data=1), jax.devices()[:1])
+  states, lowered, out = {}, {}, {}
+  for name in STAGE_FILES:
+    c = _config(name, "tiny")
     rules = shd.rules_from_config(c.mesh.rules)
     tx = opt_lib.make_optimizer(c.optimizer)
     key = json.dumps([c.model.to_dict(), c.optimizer.min_dim_size_to_factor], sort_keys=True)
     if key not in states:
-      states[key] = state_lib.create_train_state(
-          lambda: state_lib.build_model(c.model, c.seed), tx, mesh, rules)
+      model = state_lib.build_model(c.model, c.seed)
+      state = state_lib.init_from_model(model, tx)
+      shardings = shd.named(mesh, state_lib.state_specs(state, mesh, rules))
+      states[key] = (nnx.graphdef(model), jax.device_put(state, shardings), shardings)
     graphdef, state0, shardings = states[key]
-    state = jax.tree.map(lambda x: x.copy(), state0)   # the step donates its input
     host = _batch(c, np.random.default_rng(0))
     bsh = shd.batch_shardings(host, mesh, rules)
     batch = shd.shard_batch(host, mesh, rules)
     null = step_lib.null_text_arrays(build_text_encoder(c.text))
-    fn = step_lib.jit_train_step(c, graphdef, tx, shardings, bsh, mesh)
-    compiled = fn.lower(state, batch, null).compile(compiler_options=FAST_COMPILE)
-    losses = []
-    for _ in range(2):
-      state, metrics = compiled(state, batch, null)
-      losses.append(float(metrics["loss"]))
-    return state, losses, metrics
-  return run
+    step_key = json.dumps([c.to_dict()[k] for k in ("seed", "model", "flow", "conditioning",
+                                                    "optimizer")], sort_keys=True, default=str)
+    if step_key not in lowered:
+      fn = step_lib.jit_train_step(c, graphdef, tx, shardings, bsh, mesh)
+      lowered[step_key] = fn.lower(state0, batch, null)
+    out[name] = (c, state0, batch, null, step_key)
+  with ThreadPoolExecutor(max_workers=2) as pool:
+    futures = {k: pool.submit(lo.compile, compiler_options=FAST_COMPILE)
+               for k, lo in lowered.items()}
+    compiled = {k: f.result() for k, f in futures.items()}
+  return {name: (c, state0, batch, null, compiled[k]) for name, (c, state0, batch, null, k)
+          in out.items()}
 
 
 @pytest.mark.parametrize("name", STAGE_FILES)
-def test_two_train_steps(runner, name):
-  c = _config(name, "tiny")
-  assert c.model.size == "small"
-  names, _, masks = conditioning.task_table(c.conditioning, c.model.num_frames)
+def test_two_train_steps(prepared, name):
+  c, state0, batch, null, compiled = prepared[name]
+  assert c.model.size == "small" and c.stage.name == _config(name, "XL").stage.name
+  names, _, _ = conditioning.task_table(c.conditioning, c.model.num_frames)
   assert set(names) == set(c.conditioning.tasks)
-  state, losses, metrics = runner(c)
+  state = jax.tree.map(lambda x: x.copy(), state0)   # the step donates its input
+  losses = []
+  for _ in range(2):
+    state, metrics = compiled(state, batch, null)
+    losses.append(float(metrics["loss"]))
   assert int(state.step) == 2 and int(metrics["skipped_total"]) == 0
   assert all(np.isfinite(losses)), losses
+  moved = jax.tree.leaves(jax.tree.map(lambda a, b: bool((a != b).any()), state.params,
+                                       state0.params))
+  assert any(moved)   # the optimizer changed parameters

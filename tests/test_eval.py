@@ -86,6 +86,21 @@ def test_i3d_shapes_weight_import_and_fvd(i3d_file):
   assert pool(videos[:1]).shape == (1, 1024)
 
 
+def test_fvd_cli(tmp_path, i3d_file, capsys):
+  rng = np.random.default_rng(0)
+  for name in ("real", "fake"):
+    os.makedirs(tmp_path / name)
+    for i in range(3):
+      video_io.write_mp4(str(tmp_path / name / f"{i}.mp4"),
+                         rng.integers(0, 256, (8, 32, 32, 3), dtype=np.uint8))
+  base = ["--fvd", f"--real={tmp_path / 'real'}", f"--i3d-weights={i3d_file}",
+          "--feature-size=32", "--num-frames=8"]
+  cli.run(base + [f"--fake={tmp_path / 'real'}"])
+  assert json.loads(capsys.readouterr().out.strip().splitlines()[-1]) == {"fvd": 0.0}
+  cli.run(base + [f"--fake={tmp_path / 'fake'}"])
+  assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["fvd"] > 0
+
+
 def test_weight_import_errors(tmp_path, i3d_file):
   params = netlib.load_safetensors(i3d_file)
   del params["Mixed_4b.b0.bn.running_var"]

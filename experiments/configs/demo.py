@@ -20,7 +20,8 @@ Schema:
                             warmup_steps, beta1, beta2 (cap of the decay schedule), decay_pow,
                             clip_norm (global), update_clip, eps, min_dim_size_to_factor,
                             multiply_by_parameter_scale, weight_decay, ema_decay, ema_warmup
-  train.num_steps           total optimizer steps; train.max_bad_steps: stop after K non-finite in a row
+  train.num_steps           total optimizer steps; train.max_bad_steps: stop after K non-finite in a row;
+                            train.fast_compile: unoptimised XLA code, quick compiles (tests)
   mesh.data/fsdp/tensor     mesh axis sizes (-1 = all remaining devices); mesh.rules: logical -> axes
   checkpoint                every_steps, keep_last, keep_every (0 = off), async_save
   metrics                   every_steps, tensorboard, jsonl, peak_flops_per_device (0 = table/measured)
@@ -86,6 +87,7 @@ def base_train_config() -> ml_collections.ConfigDict:
   c.train = ml_collections.ConfigDict()
   c.train.num_steps = 400_000
   c.train.max_bad_steps = 20
+  c.train.fast_compile = False  # True: XLA backend opt level 0 (quick compiles for tests/smoke)
 
   c.mesh = sharding.mesh_config(data=-1, fsdp=1, tensor=1)
 
@@ -138,6 +140,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         remat="none")
     c.text = common.text_config("hash", dim=16, max_length=8)
     c.optimizer.min_dim_size_to_factor = 16
+    c.train.fast_compile = True
   if "masked0" in args:
     c.model.mask_ratio = 0.0
   if "runlocal" in args:

@@ -40,7 +40,8 @@ def t2v_cond(cfg, batch: int, text_len: int) -> tuple[dict, dict]:
               cond_mask=np.zeros((batch, t), bool),
               cond_latents=np.zeros((batch, t, cfg.latent_height, cfg.latent_width,
                                      cfg.latent_channels), "f4"))
-  null = dict(text=np.zeros((1, text_len, cfg.text_dim), "f4"), text_mask=np.ones((1, text_len), bool),
+  null = dict(text=np.zeros((1, text_len, cfg.text_dim), "f4"),
+              text_mask=np.ones((1, text_len), bool),
               pooled=np.zeros((1, cfg.text_dim), "f4"))
   return cond, null
 
@@ -82,7 +83,8 @@ def main() -> None:
        "separate": make_sampler(model, args.steps, False)}, cond, null, args.repeats)
   batched, separate = times["batched"], times["separate"]
   print(json.dumps({
-      "benchmark": "sample", "task": "t2v", "config": f"demo{',' + args.config_arg if args.config_arg else ''}",
+      "benchmark": "sample", "task": "t2v",
+      "config": "demo" + (f",{args.config_arg}" if args.config_arg else ""),
       "latents": [cfg.num_frames, cfg.latent_height, cfg.latent_width, cfg.latent_channels],
       "batch": args.batch, "steps": args.steps, "devices": jax.device_count(),
       "backend": jax.default_backend(),

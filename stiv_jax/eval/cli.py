@@ -40,6 +40,8 @@ def build_parser() -> argparse.ArgumentParser:
   p.add_argument("--inception-weights", help="local FID Inception .safetensors (PyTorch names)")
   p.add_argument("--i3d-feature", choices=("logits", "pool"), default="logits")
   p.add_argument("--num-frames", type=int, default=16, help="frames per video for FVD")
+  p.add_argument("--feature-size", type=int, default=None,
+                 help="input resolution of the feature nets (default: native 224 / 299)")
   src = p.add_mutually_exclusive_group()
   src.add_argument("--workdir", help="sample from this training workdir's checkpoint first")
   src.add_argument("--checkpoint", help="sample from this checkpoint first")
@@ -128,12 +130,14 @@ def frechet_report(args: argparse.Namespace, fake_files: Sequence[str]) -> dict[
   if args.fvd:
     if not args.i3d_weights:
       raise EvalError("--fvd needs --i3d-weights=FILE.safetensors (local I3D weights)")
-    net = features.FeatureNet.from_safetensors("i3d", args.i3d_weights, feature=args.i3d_feature)
+    net = features.FeatureNet.from_safetensors("i3d", args.i3d_weights, feature=args.i3d_feature,
+                                               size=args.feature_size)
     out["fvd"] = features.fvd(net, real, fake)
   if args.fid:
     if not args.inception_weights:
       raise EvalError("--fid needs --inception-weights=FILE.safetensors (local Inception weights)")
-    net = features.FeatureNet.from_safetensors("inception", args.inception_weights)
+    net = features.FeatureNet.from_safetensors("inception", args.inception_weights,
+                                               size=args.feature_size)
     out["fid"] = features.fid(net, real, fake)
   return out
 

@@ -7,7 +7,7 @@ comparable across steps. `DuringTrainingEval` compiles once and is called with t
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any, Mapping, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -85,13 +85,15 @@ class DuringTrainingEval:
     graphdef, state = nnx.split(model)
     fn = self._loss_fns.get(graphdef)
     if fn is None:
-      fn = self._loss_fns[graphdef] = jax.jit(lambda s, b, e, t, m: _bucket_loss(graphdef, s, b, e, t, m))
+      fn = jax.jit(lambda s, b, e, t, m: _bucket_loss(graphdef, s, b, e, t, m))
+      self._loss_fns[graphdef] = fn
     n = self.cfg.num_buckets
     sums, counts = np.zeros(n), np.zeros(n)
     key = jax.random.key(self.cfg.seed)
     for i, batch in enumerate(self.held_out):
       b, t_frames = batch["latents"].shape[:2]
-      mask = np.broadcast_to(conditioning.frame_mask(self.cfg.cond_mode, t_frames)[None], (b, t_frames))
+      mask = conditioning.frame_mask(self.cfg.cond_mode, t_frames)
+      mask = np.broadcast_to(mask[None], (b, t_frames))
       kb = jax.random.fold_in(key, i)
       arrays = {k: jnp.asarray(v) for k, v in batch.items()
                 if k in ("latents", "text", "text_mask", "pooled", "micro")}

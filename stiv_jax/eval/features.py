@@ -63,7 +63,7 @@ class FeatureNet:
     return cls(kind, NETS[kind].init_params(seed), **kwargs)
 
   def __call__(self, videos: np.ndarray) -> np.ndarray:
-    """uint8 videos [N, T, H, W, 3] -> features [N, D] (i3d) or [N * T, D] (inception, per frame)."""
+    """uint8 videos [N, T, H, W, 3] -> features [N, D] (i3d) or [N * T, D] (inception)."""
     videos = np.asarray(videos)
     if videos.ndim != 5 or videos.shape[-1] != 3:
       raise ValueError(f"feature net: expected uint8 videos [N, T, H, W, 3], got {videos.shape}")

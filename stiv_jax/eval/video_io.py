@@ -80,7 +80,8 @@ def write_gif(path: str, frames: np.ndarray, fps: int = 8) -> None:
 
 
 def contact_sheet(videos: Sequence[np.ndarray], pad: int = 2) -> np.ndarray:
-  """uint8 videos (each [T, H, W, 3], same H, W) -> one image: a row per video, a column per frame."""
+  """uint8 videos (each [T, H, W, 3], same H, W) -> one image: a row per video, a column
+  per frame."""
   t = max(v.shape[0] for v in videos)
   h, w = videos[0].shape[1:3]
   sheet = np.full((len(videos) * (h + pad) + pad, t * (w + pad) + pad, 3), 255, np.uint8)

@@ -97,6 +97,8 @@ class _Preemption:
 def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
   """Trains until train.num_steps (or preemption); returns a summary dict."""
   # ---- 1. Setup: config check, mesh, rules, writers.
+  from stiv_jax.train import stages
+  stages.prepare_config(config)
   validate_config(config)
   workdir = os.path.abspath(workdir)
   os.makedirs(workdir, exist_ok=True)
@@ -130,9 +132,9 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     logging.info("resumed from %s/%d", ckpt.directory, latest)
     print(f"Resumed from checkpoint step {latest} in {ckpt.directory}", flush=True)
   else:
-    graphdef, state, shardings = state_lib.create_train_state(make_model, tx, mesh, rules)
+    graphdef, state, shardings = state_lib.create_train_state(
+        make_model, tx, mesh, rules, step_lib.compiler_options(config))
     if config.init.sources:
-      from stiv_jax.train import stages
       state, report = stages.init_from_sources(config, state, shardings)
       if is_main:
         print(report.summary(), flush=True)
@@ -148,7 +150,7 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
   bshard = shd.batch_shardings(first, mesh, rules)
   train_fn = step_lib.jit_train_step(config, graphdef, tx, shardings, bshard, mesh)
   t0 = time.perf_counter()
-  compiled = train_fn.lower(state, batch, null_text).compile()
+  compiled = train_fn.lower(state, batch, null_text).compile(step_lib.compiler_options(config))
   logging.info("compiled the train step in %.1fs", time.perf_counter() - t0)
   _, num_frames, height, width, _ = first["latents"].shape
   flops_per_step = metrics_lib.step_flops(config.model, config.data.batch_size, num_frames,

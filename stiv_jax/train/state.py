@@ -54,7 +54,8 @@ def state_specs(abstract: TrainState, mesh: Mesh, rules: shd.Rules) -> TrainStat
 
 
 def create_train_state(make_model: Callable[[], nnx.Module], tx: optax.GradientTransformation,
-                       mesh: Mesh, rules: shd.Rules) -> tuple[nnx.GraphDef, TrainState, TrainState]:
+                       mesh: Mesh, rules: shd.Rules, compiler_options: dict | None = None
+                       ) -> tuple[nnx.GraphDef, TrainState, TrainState]:
   """(graphdef, state placed in its shardings, the NamedSharding tree) without a host copy."""
   abstract_model = nnx.eval_shape(make_model)
   graphdef = nnx.graphdef(abstract_model)
@@ -64,7 +65,7 @@ def create_train_state(make_model: Callable[[], nnx.Module], tx: optax.GradientT
 
   abstract = jax.eval_shape(init)
   shardings = shd.named(mesh, state_specs(abstract, mesh, rules))
-  state = jax.jit(init, out_shardings=shardings)()
+  state = jax.jit(init, out_shardings=shardings).lower().compile(compiler_options)()
   return graphdef, state, shardings
 
 

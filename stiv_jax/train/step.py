@@ -19,6 +19,14 @@ from stiv_jax.train import optimizer as opt_lib
 from stiv_jax.train.state import TrainState
 
 NUM_T_BUCKETS = 4
+# XLA options for quick compiles (tests, smoke runs): no LLVM optimisation of the CPU code.
+FAST_COMPILE_OPTIONS = {"xla_backend_optimization_level": 0,
+                        "xla_llvm_disable_expensive_passes": True}
+
+
+def compiler_options(config: Any) -> dict | None:
+  """The XLA compile options the config asks for (train.fast_compile)."""
+  return dict(FAST_COMPILE_OPTIONS) if config.train.get("fast_compile", False) else None
 
 
 def step_rngs(seed: int, step: jax.Array) -> dict[str, jax.Array]:
@@ -69,7 +77,7 @@ def train_step(config: Any, graphdef: nnx.GraphDef, tx: optax.GradientTransforma
     return loss_and_aux(config, graphdef, params, state.rest, inputs, mask_key)
 
   (loss, per_example), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
-  grad_norm = optax.global_norm(grads)
+  grad_norm = optax.tree.norm(grads)
   finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
   # Zero non-finite grads before the update so NaNs cannot leak into the (discarded) branch.
   grads = jax.tree.map(lambda g: jnp.where(finite, g, jnp.zeros_like(g)), grads)
