@@ -10,9 +10,12 @@ import time
 
 import pytest
 
+pytestmark = pytest.mark.slow
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 NUM_STEPS = 10
 OVERRIDES = ["--config.model.depth=1", "--config.model.mask_decoder_depth=1",
+             "--config.model.micro_conditions=False",
              "--config.data.batch_size=8", "--config.metrics.every_steps=1",
              "--config.checkpoint.every_steps=2", "--config.checkpoint.keep_last=10",
              "--config.metrics.tensorboard=False"]

@@ -82,7 +82,7 @@ def source(path: str, include: str = ".*", exclude: str = "", use_ema: bool = Tr
 # Key: (size, chip kind) -> (fsdp, tensor, remat). data = all remaining chips.
 PAPER_MESH = {
     ("XL", "v5e"): (16, 1, "save_self_attn"),
-    ("XXL", "v5e"): (32, 1, "save_self_attn"),
+    ("XXL", "v5e"): (32, 1, "full"),
     ("M", "v5e"): (64, 4, "full"),
     ("XL", "v5p"): (8, 1, "save_self_attn"),
     ("XXL", "v5p"): (8, 1, "save_self_attn"),
@@ -109,10 +109,10 @@ def _paper_sections(c: ml_collections.ConfigDict, size: str, topology: str) -> N
 
 
 def _local_sections(c: ml_collections.ConfigDict, tiny: bool, frames: int, scale: int) -> None:
-  """A CPU run: the demo-sized model on the demo shards (or the unit-test model), a few steps.
+  """A CPU run: the demo-sized model (or the unit-test model with `tiny`), a few steps.
 
-  `frames` is the stage's latent frame count relative to 20 (the demo uses 16 for 20, 8 for 1
-  image frame handled by the caller) and `scale` is 2 for 512-px stages (latents twice as wide).
+  `frames` is the local latent frame count (the caller maps the stage's 20 / 40 frames to 16 / 32
+  for the demo model, 4 / 8 for tiny, 1 for images); `scale` is 2 for 512-px stages.
   """
   if tiny:
     c.model = common.model_config(

@@ -257,8 +257,9 @@ class DirExperiment(xm.Experiment):
     self._num_trials = n
 
   def workdir_for(self, wid: int, trial: Mapping[str, Any]) -> str:
-    """Each unit's own workdir: the base workdir alone, or base/wu<N>_<args> in a sweep."""
-    if self._num_trials <= 1 and not trial:
+    """Each unit's own workdir: the base workdir for a single unit (so stage workdirs chain),
+    base/wu<N>_<swept args> in a sweep."""
+    if self._num_trials <= 1:
       return self.workdir
     suffix = configs.trial_name(dict(trial)).replace("/", "_")
     return f"{self.workdir}/wu{wid}" + (f"_{suffix}" if suffix else "")

@@ -43,16 +43,22 @@ DEVICE_TABLE = {
 }
 
 FLAGS = flags.FLAGS
-config_flags.DEFINE_config_file("config", None, "Train config file, e.g. experiments/configs/"
-                                "t2v.py:M (override fields with --config.a.b=v).")
-flags.DEFINE_string("topology", None, "Target slice: v5e-N, v6e-N (N chips), v5p-N (N "
-                    "TensorCores = N/2 chips, as GCP names them), h100-N / H100xN, h200-N.")
-flags.DEFINE_integer("max_fake_devices", 64, "Most fake CPU devices to compile with; above it the "
-                     "data axis is reduced (same per-device shapes).")
-flags.DEFINE_float("usable_fraction", 0.95, "Share of device memory a step may use to `fit`.")
-flags.DEFINE_bool("unrolled_flops", True, "Count FLOPs on the lowered step with unrolled blocks "
-                  "(XLA counts a scanned loop body once).")
-flags.DEFINE_string("plan_json", "", "Internal: the compile plan, for the worker subprocess.")
+
+
+def define_flags() -> None:
+  """Defines the CLI flags (at run time, so importing this module defines no global flags)."""
+  if "topology" in FLAGS:
+    return
+  config_flags.DEFINE_config_file("config", None, "Train config file, e.g. experiments/configs/"
+                                  "t2v.py:M (override fields with --config.a.b=v).")
+  flags.DEFINE_string("topology", None, "Target slice: v5e-N, v6e-N (N chips), v5p-N (N "
+                      "TensorCores = N/2 chips, as GCP names them), h100-N / H100xN, h200-N.")
+  flags.DEFINE_integer("max_fake_devices", 64, "Most fake CPU devices to compile with; above it "
+                       "the data axis is reduced (same per-device shapes).")
+  flags.DEFINE_float("usable_fraction", 0.95, "Share of device memory a step may use to `fit`.")
+  flags.DEFINE_bool("unrolled_flops", True, "Count FLOPs on the lowered step with unrolled "
+                    "blocks (XLA counts a scanned loop body once).")
+  flags.DEFINE_string("plan_json", "", "Internal: the compile plan, for the worker subprocess.")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -163,7 +169,8 @@ def _tpu_grid(topo: Topology) -> str:
 
 
 def compile_step(config: Any, plan: Plan, topo: Topology, devices: list | None = None,
-                 method: str = "fake-cpu", unrolled_flops: bool = True) -> dict:
+                 method: str = "fake-cpu", unrolled_flops: bool = True,
+                 usable_fraction: float = 0.95) -> dict:
   """AOT lower + compile the train step for plan.compiled_mesh; returns the report dict."""
   import jax
   import jax.numpy as jnp
@@ -237,7 +244,7 @@ def compile_step(config: Any, plan: Plan, topo: Topology, devices: list | None =
   analytic = flops_lib.train_step_flops(
       m, plan.global_batch, m.num_frames, m.latent_height, m.latent_width, length,
       masked=float(m.mask_ratio) > 0)
-  usable = FLAGS.usable_fraction if FLAGS.is_parsed() else 0.95
+  usable = usable_fraction
   return {
       "config": plan.config_spec, "overrides": plan.overrides, "topology": plan.topology,
       "chips": chips, "method": method, "backend": jax.default_backend(),
@@ -269,7 +276,8 @@ def compile_step(config: Any, plan: Plan, topo: Topology, devices: list | None =
 def _worker(plan: Plan, config: Any) -> dict:
   """Runs inside the subprocess whose XLA_FLAGS gave it the fake CPU devices."""
   topo = parse_topology(plan.topology)
-  return compile_step(config, plan, topo, unrolled_flops=FLAGS.unrolled_flops)
+  return compile_step(config, plan, topo, unrolled_flops=FLAGS.unrolled_flops,
+                      usable_fraction=FLAGS.usable_fraction)
 
 
 def _spawn(plan: Plan, argv: list[str]) -> dict:
@@ -319,7 +327,8 @@ def main(argv: list[str]) -> None:
   devices, why_not = tpu_topology_devices(topo)
   if devices is not None:
     result = compile_step(config, plan, topo, devices, method="tpu-topology",
-                          unrolled_flops=FLAGS.unrolled_flops)
+                          unrolled_flops=FLAGS.unrolled_flops,
+                          usable_fraction=FLAGS.usable_fraction)
   else:
     plan = make_plan(config, topo, FLAGS.max_fake_devices, spec, overrides)
     result = _spawn(plan, sys.argv)
@@ -330,6 +339,7 @@ def main(argv: list[str]) -> None:
 
 def run() -> None:
   """Console entry point (`stiv-compile`)."""
+  define_flags()
   app.run(main)
 
 

@@ -66,7 +66,12 @@ class Checkpointer:
     return list(self.manager.all_steps())
 
   def save(self, step: int, state: Any, data_iter: Any = None, *, force: bool = False) -> bool:
-    """Starts an (async) save of state (+ iterator state); returns whether one started."""
+    """Starts an (async) save of state (+ iterator state); returns whether one started.
+
+    A step that already has a checkpoint is not saved again (returns False).
+    """
+    if step in self.manager.all_steps():
+      return False
     args = {"state": ocp.args.StandardSave(state)}
     if self.with_data:
       from stiv_jax.data import pipeline
