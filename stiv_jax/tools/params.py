@@ -13,8 +13,12 @@ from absl import app, flags
 from ml_collections import config_flags
 
 FLAGS = flags.FLAGS
-config_flags.DEFINE_config_file("config", None, "Config file (its `model` section is used).",
-                                lock_config=True)
+
+
+def define_flags() -> None:
+  """Defines --config at run time, so importing this module (count_params) defines no flags."""
+  config_flags.DEFINE_config_file("config", None, "Config file (its `model` section is used).",
+                                  lock_config=True)
 
 BLOCK_PARTS = {"spatial": "spatial_attention", "temporal": "temporal_attention",
                "cross": "cross_attention", "fc1": "ffn", "fc2": "ffn", "table": "adaln_tables"}
@@ -61,6 +65,7 @@ def main(argv) -> None:
 
 
 def run() -> None:
+  define_flags()
   app.run(main)
 
 
