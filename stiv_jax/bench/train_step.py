@@ -92,11 +92,12 @@ def main(argv: list[str] | None = None) -> None:
   p = argparse.ArgumentParser(description=__doc__)
   p.add_argument("--batch", type=int, default=4)
   p.add_argument("--frames", type=int, default=8)
-  p.add_argument("--size", type=int, default=16, help="latent height = width")
+  p.add_argument("--size", type=int, default=32, help="latent height = width (16x16 tokens)")
   p.add_argument("--text_dim", type=int, default=256)
   p.add_argument("--text_len", type=int, default=32)
   p.add_argument("--steps", type=int, default=5)
-  p.add_argument("--remat", default="none", help="remat policy of the timed steps")
+  p.add_argument("--remat", default="save_self_attn",
+                 help="remat policy of the timed steps (the paper's by default)")
   args = p.parse_args(argv)
 
   masked = bench_config(args, 0.5, args.remat)
