@@ -122,7 +122,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
       text_dim=64, remat="none")
   c.vae = common.vae_config("pixel", spatial_factor=4, latent_channels=4)
   c.text = common.text_config("hash", dim=64, max_length=16)
-  c.data.path = "workdir/demo_data/shards"
+  c.data.path = "workdir/demo_data/prep/shards"  # make demo: stiv-prep run --output=workdir/demo_data/prep
   c.data.batch_size = 8
   c.optimizer.lr = 1e-3
   c.optimizer.warmup_steps = 20
