@@ -19,7 +19,7 @@ NUM_STEPS = 2
 def _config():
   c = demo.get_config("tiny")
   c.model.depth = 1
-  c.model.mask_decoder_depth = 0   # MaskDiT still gathers/restores tokens; saves compile time
+  c.model.mask_decoder_depth = 1   # exercises the decoder stack and its batch constraint
   c.model.micro_conditions = False
   c.optimizer.warmup_steps = 0
   return c
@@ -112,3 +112,25 @@ def test_mesh_shape_and_rules():
   assert shd.logical_to_mesh(("embed", "heads"), (63, 2), mesh, rules) == P(None, "tensor")
   assert shd.logical_to_mesh(("embed", "embed"), (64, 64), mesh, rules) == P("fsdp", None)
   assert shd.batch_spec(rules, 3) == P(("data", "fsdp"), None, None)
+
+
+def test_constrain_batch_pins_the_batch_axes():
+  """The decoder-stack constraint is a no-op without rules and shards dim 0 with them."""
+  import jax.numpy as jnp
+  from flax.core import spmd
+  from jax.sharding import NamedSharding
+
+  from stiv_jax.models.stiv import constrain_batch
+
+  mesh = shd.make_mesh(shd.mesh_config(data=2, fsdp=4, tensor=1), jax.devices()[:8])
+  x = jnp.ones((8, 3))
+  assert constrain_batch(x) is x
+
+  def f(x):
+    with jax.sharding.use_abstract_mesh(mesh.abstract_mesh), \
+        spmd.logical_axis_rules((("batch", ("data", "fsdp")),)):
+      return constrain_batch(x * 2)
+
+  out = jax.jit(f)(jax.device_put(x, NamedSharding(mesh, P())))
+  assert out.sharding.spec[0] == ("data", "fsdp")
+  np.testing.assert_array_equal(np.asarray(out), 2 * np.ones((8, 3)))

@@ -9,10 +9,14 @@ from __future__ import annotations
 
 from typing import NamedTuple
 
+import math
+
 import jax
 import jax.numpy as jnp
 import ml_collections
 from flax import nnx
+from flax.core import spmd
+from jax.sharding import PartitionSpec as P
 
 from stiv_jax.models import attention, blocks, embeddings, layers, masking
 from stiv_jax.models.config import validate_model_config
@@ -33,6 +37,22 @@ def _stacked_blocks(cfg, n: int, rngs: nnx.Rngs) -> blocks.STIVBlock:
     return blocks.STIVBlock(cfg, rngs=r)
 
   return make(rngs)
+
+
+def constrain_batch(x: jax.Array) -> jax.Array:
+  """Pins an activation's batch dim to the mesh axes of the logical 'batch' axis.
+
+  Active only while flax's logical-axis rules and an abstract mesh are set (the train step sets
+  both while tracing). Used on the input of the MaskDiT decoder stack: without it XLA's sharding
+  propagation does not carry the batch sharding into that second scan, which then runs with
+  its batch replicated (XL, 16-way FSDP, 4 clips/chip: 38.6 -> 7.3 GiB per device, see
+  WORKSPACE.md). Pinning the main stack's carry too made XLA miscompile a (2, 2, 2) mesh.
+  """
+  axes = tuple(dict(spmd.get_logical_axis_rules()).get("batch") or ())
+  mesh = jax.sharding.get_abstract_mesh()
+  if not axes or mesh.empty or x.shape[0] % math.prod(mesh.shape[a] for a in axes):
+    return x
+  return jax.lax.with_sharding_constraint(x, P(axes, *([None] * (x.ndim - 1))))
 
 
 class STIV(nnx.Module):
@@ -130,7 +150,8 @@ class STIV(nnx.Module):
     if masked:
       h = masking.restore_tokens(h, keep_idx, num_spatial, self.mask_token[...])
     if self.decoder is not None:
-      h = self._run_stack(self.decoder, h, mod, text, text_mask4, positions(all_idx))
+      h = self._run_stack(self.decoder, constrain_batch(h), mod, text, text_mask4,
+                          positions(all_idx))
 
     out = self.final(h, c)                                   # [B, Tp, S, patch volume]
     velocity = embeddings.unpatchify(out, pt, ps, hp, wp, channels)

@@ -12,9 +12,11 @@ import jax
 import jax.numpy as jnp
 import optax
 from flax import nnx
+from flax.core import spmd
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from stiv_jax import conditioning, flow
+from stiv_jax import sharding as shd
 from stiv_jax.train import optimizer as opt_lib
 from stiv_jax.train.state import TrainState
 
@@ -116,9 +118,12 @@ def jit_train_step(config: Any, graphdef: nnx.GraphDef, tx: optax.GradientTransf
                    mesh: Mesh, donate: bool = True) -> Callable:
   """jax.jit of train_step with explicit in/out shardings and the state donated."""
   replicated = NamedSharding(mesh, P())
+  # The model pins the decoder stack's batch dim (stiv_jax.models.stiv.constrain_batch) from these.
+  logical_rules = tuple(shd.rules_from_config(config.mesh.rules).items())
 
   def fn(state, batch, null_text):
-    return train_step(config, graphdef, tx, state, batch, null_text)
+    with jax.sharding.use_abstract_mesh(mesh.abstract_mesh), spmd.logical_axis_rules(logical_rules):
+      return train_step(config, graphdef, tx, state, batch, null_text)
 
   return jax.jit(fn, in_shardings=(state_shardings, batch_shardings, replicated),
                  out_shardings=(state_shardings, replicated),
