@@ -11,7 +11,11 @@ from experiments.configs import stages
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   """The 40-frame stage; init.rope_from_config sets rope_scale_t = 20 / 40 from STIV-512."""
-  return stages.stage_config(
+  c = stages.stage_config(
       "continue40", arg, file=__file__, resolution=512, frames=40,
       tasks={"none": 0.5, "first": 0.5}, batch_size=256, num_steps=100_000,
       data_name="video512_f40_s3", starts_from=[("stiv512", ".*", "")], rope_from="stiv512")
+  if not c.stage.local:
+    # 40 frames at 512 px: save_self_attn needs 17.7 GiB per v5e chip (XL); full remat 14.9.
+    c.model.remat = "full"
+  return c
