@@ -4,12 +4,13 @@ Pure functions of their arguments (no I/O), so dry runs print exactly what a lau
 """
 from __future__ import annotations
 
-import math
 import re
 import shlex
 from typing import Any, Mapping, Sequence
 
 import yaml
+
+from stiv_jax.tools.compile import tpu_grid
 
 # Environment of every TPU worker: unbuffered logs, libtpu's async collective fusion (the
 # MaxText defaults for data/FSDP-parallel training), TPU runtime logs only for warnings.
@@ -86,15 +87,7 @@ def parse_accelerator(topology: str) -> tuple[str, int]:
 
 def tpu_topology_name(kind: str, chips: int) -> str:
   """The GKE topology label: 2D for v5e/v6e ('16x16'), 3D for v5p ('4x4x8')."""
-  if kind == "v5p":
-    dims = [1, 1, 1]
-    i = 0
-    while math.prod(dims) < chips:
-      dims[i % 3] *= 2
-      i += 1
-    return "x".join(str(d) for d in sorted(dims))
-  a = 2 ** (int(math.log2(chips)) // 2)
-  return f"{a}x{chips // a}"
+  return tpu_grid(kind, chips)
 
 
 def gke_jobset(*, name: str, image: str, accelerator: str, train_argv: Sequence[str],

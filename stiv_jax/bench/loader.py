@@ -20,23 +20,12 @@ from experiments.configs import demo
 from stiv_jax import sharding as shd
 from stiv_jax.data import pipeline
 from stiv_jax.models.encoders.base import build_text_encoder, build_vae
-from stiv_jax.train import optimizer as opt_lib
-from stiv_jax.train import state as state_lib
-from stiv_jax.train import step as step_lib
+from stiv_jax.bench import train_step as train_step_bench
 
 
 def step_examples_per_s(c, batches: list[dict[str, np.ndarray]]) -> float:
   """Examples/s of the demo train step (host batch sharding included), after one warm-up."""
-  shd.set_partitioner(c.mesh)
-  mesh = shd.make_mesh(c.mesh)
-  rules = shd.rules_from_config(c.mesh.rules)
-  tx = opt_lib.make_optimizer(c.optimizer)
-  graphdef, state, shardings = state_lib.create_train_state(
-      lambda: state_lib.build_model(c.model, c.seed), tx, mesh, rules)
-  null = step_lib.null_text_arrays(build_text_encoder(c.text))
-  fn = step_lib.jit_train_step(c, graphdef, tx, shardings,
-                               shd.batch_shardings(batches[0], mesh, rules), mesh)
-  compiled = fn.lower(state, shd.shard_batch(batches[0], mesh, rules), null).compile()
+  compiled, state, _, null, mesh, rules = train_step_bench.compile_step(c)
   state, m = compiled(state, shd.shard_batch(batches[0], mesh, rules), null)
   jax.block_until_ready(m)
   t0 = time.perf_counter()

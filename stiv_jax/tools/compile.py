@@ -147,25 +147,24 @@ def tpu_topology_devices(topo: Topology) -> tuple[list | None, str]:
   try:
     from jax.experimental import topologies
     desc = topologies.get_topology_desc(
-        platform="tpu", topology_name=f"{info['tpu_name']}:{_tpu_grid(topo)}",
+        platform="tpu", topology_name=f"{info['tpu_name']}:{tpu_grid(topo.kind, topo.chips)}",
         chip_config_name="default", chips_per_host_bounds=(2, 2, 1), num_slices=1)
     return list(desc.devices), ""
   except Exception as e:  # no libtpu: RuntimeError "JAX TPU support not installed"
     return None, f"{type(e).__name__}: {str(e).splitlines()[0][:160]}"
 
 
-def _tpu_grid(topo: Topology) -> str:
+def tpu_grid(kind: str, chips: int) -> str:
   """The 2D (v5e/v6e) or 3D (v5p) chip grid name of a slice, e.g. 256 chips -> '16x16'."""
-  n = topo.chips
-  if topo.kind == "v5p":
+  if kind == "v5p":
     dims = [1, 1, 1]
     i = 0
-    while math.prod(dims) < n:
+    while math.prod(dims) < chips:
       dims[i % 3] *= 2
       i += 1
     return "x".join(str(x) for x in sorted(dims))
-  a = 2 ** (int(math.log2(n)) // 2)
-  return f"{a}x{n // a}"
+  a = 2 ** (int(math.log2(chips)) // 2)
+  return f"{a}x{chips // a}"
 
 
 def compile_step(config: Any, plan: Plan, topo: Topology, devices: list | None = None,
