@@ -42,7 +42,7 @@ class STIVBlock(nnx.Module):
     d, heads = cfg.hidden, cfg.heads
     common = dict(qk_norm=cfg.qk_norm, rngs=rngs, dtype=dtype, eps=cfg.norm_eps,
                   implementation=cfg.attention_impl)
-    self.eps, self.sandwich, self.theta = cfg.norm_eps, cfg.sandwich_norm, cfg.rope_theta
+    self.eps, self.sandwich = cfg.norm_eps, cfg.sandwich_norm
     self.dtype = dtype
     self.spatial = attention.Attention(d, heads, **common)
     self.temporal = attention.Attention(d, heads, **common) if cfg.temporal_attention else None
