@@ -212,14 +212,37 @@ def _branch(cond: Mapping[str, Array], null: Mapping[str, Array], text: bool,
   return out
 
 
+@dataclasses.dataclass(frozen=True)
+class BranchSharding:
+  """Where a batched-CFG forward's inputs are (batch-sharded or replicated) and where its
+  interleaved batch of branches runs (sharded over the batch axes)."""
+
+  inputs: NamedSharding
+  forward: NamedSharding
+
+
+def num_branches(cfg: SamplerConfig) -> int:
+  """Model evaluations per velocity: 1 (no guidance), 2 (JIT-CFG) or 3 (SIT-CFG)."""
+  return {"none": 1, "jit": 2, "sit": 3}[cfg.guidance_mode]
+
+
+def _interleave(parts: Sequence[Array]) -> Array:
+  """[n x [B, ...]] -> [B * n, ...] with sample i's branches in rows i*n ... i*n + n-1, so a
+  batch-sharded input gives a forward batch whose shards stay on the same devices."""
+  stacked = jnp.stack(parts, axis=1)
+  return jnp.reshape(stacked, (-1,) + stacked.shape[2:])
+
+
 def guided_velocity(apply: ApplyFn, params: Any, x: Array, t: Array,
                     cond: Mapping[str, Array], null: Mapping[str, Array], eps0: Array,
-                    cfg: SamplerConfig) -> Array:
+                    cfg: SamplerConfig, sharding: BranchSharding | None = None) -> Array:
   """The guided velocity at (x, t): JIT-CFG, SIT-CFG or conditional only.
 
   `cond` holds the batch's text / text_mask / pooled / micro / cond_mask / cond_latents;
   `null` holds the empty prompt's text / text_mask / pooled broadcast to the batch.
-  With `cfg.batched_cfg` all branches run as ONE forward over the concatenated batch.
+  With `cfg.batched_cfg` all branches run as ONE forward over the interleaved batch; a
+  `sharding` spreads that batch over the mesh, so even one sample's branches run on
+  different devices (separate forwards of one sample cannot be split that way).
   """
   cmask = cond["cond_mask"]
   x_cond = replace_frames(x, cmask, cond["cond_latents"])
@@ -240,10 +263,17 @@ def guided_velocity(apply: ApplyFn, params: Any, x: Array, t: Array,
                 (x_free, _branch(cond, null, False, False))]
   if cfg.batched_cfg and len(branches) > 1:
     n = len(branches)
-    xs = jnp.concatenate([b[0] for b in branches], axis=0)
-    cs = {k: jnp.concatenate([b[1][k] for b in branches], axis=0) for k in COND_KEYS}
-    ts = jnp.concatenate([t] * n, axis=0)
-    outs = jnp.split(apply(params, xs, ts, cs), n, axis=0)
+    xs = _interleave([b[0] for b in branches])
+    cs = {k: _interleave([b[1][k] for b in branches]) for k in COND_KEYS}
+    ts = jnp.repeat(t, n, axis=0)
+    if sharding is not None:
+      # Pinned where the inputs are first, so the forward's shards are local slices (left
+      # free, the partitioner reshards the inputs with all-to-alls).
+      xs, ts, cs = jax.lax.with_sharding_constraint((xs, ts, cs), sharding.inputs)
+      xs, ts, cs = jax.lax.with_sharding_constraint((xs, ts, cs), sharding.forward)
+    v = apply(params, xs, ts, cs)
+    v = jnp.reshape(v, (-1, n) + v.shape[1:])
+    outs = [v[:, i] for i in range(n)]
   else:
     outs = [apply(params, bx, t, bc) for bx, bc in branches]
   weight = _frame_weight(cmask, x)
@@ -257,10 +287,11 @@ def guided_velocity(apply: ApplyFn, params: Any, x: Array, t: Array,
 
 def sample_step(apply: ApplyFn, cfg: SamplerConfig, params: Any, x: Array, t: Array,
                 t_next: Array, cond: Mapping[str, Array], null: Mapping[str, Array],
-                eps0: Array, key: Array, last: Array) -> Array:
+                eps0: Array, key: Array, last: Array,
+                sharding: BranchSharding | None = None) -> Array:
   """One solver step of guided sampling; conditioning frames are reset before and after."""
   vf = lambda y, s: guided_velocity(apply, params, replace_frames(
-      y, cond["cond_mask"], cond["cond_latents"]), s, cond, null, eps0, cfg)
+      y, cond["cond_mask"], cond["cond_latents"]), s, cond, null, eps0, cfg, sharding)
   if cfg.solver == "euler":
     x = euler_step(vf, x, t, t_next)
   elif cfg.solver == "heun":
@@ -268,6 +299,18 @@ def sample_step(apply: ApplyFn, cfg: SamplerConfig, params: Any, x: Array, t: Ar
   else:
     x = sde_step(vf, x, t, t_next, key, cfg.sde_noise, last)
   return replace_frames(x, cond["cond_mask"], cond["cond_latents"])
+
+
+def grid_step(apply: ApplyFn, cfg: SamplerConfig, params: Any, x: Array, i: Array,
+              times: Array, cond: Mapping[str, Array], null: Mapping[str, Array], eps0: Array,
+              sde_key: Array, sharding: BranchSharding | None = None) -> Array:
+  """Step `i` of the time grid `times` [steps + 1]: the times, the SDE key and the last-step
+  flag are derived on the device, so the sampling loop dispatches one call per step."""
+  t = jnp.full((x.shape[0],), times[i], jnp.float32)
+  t_next = jnp.full((x.shape[0],), times[i + 1], jnp.float32)
+  last = i == times.shape[0] - 2
+  return sample_step(apply, cfg, params, x, t, t_next, cond, null, eps0,
+                     jax.random.fold_in(sde_key, i), last, sharding)
 
 
 # ----------------------------------------------------------------------------- model wrapper
@@ -286,19 +329,26 @@ def model_apply_fn(graphdef: nnx.GraphDef) -> ApplyFn:
 
 
 @functools.lru_cache(maxsize=16)
-def _cached_step(graphdef: nnx.GraphDef, cfg: SamplerConfig):
-  """One jitted step per (model structure, sampler choices): repeated samplers (CLI calls in one
-  process, samples every N training steps) reuse its compilations."""
-  return jax.jit(functools.partial(sample_step, model_apply_fn(graphdef), cfg))
+def _cached_step(graphdef: nnx.GraphDef, cfg: SamplerConfig,
+                 sharding: BranchSharding | None):
+  """One jitted step per (model structure, sampler choices, branch sharding): repeated
+  samplers (CLI calls in one process, samples every N training steps) reuse its compilations."""
+  return _new_step(model_apply_fn(graphdef), cfg, sharding)
 
 
-def jitted_step(graphdef: nnx.GraphDef, cfg: SamplerConfig):
+def _new_step(apply: ApplyFn, cfg: SamplerConfig, sharding: BranchSharding | None):
+  """The jitted `grid_step` (params, x, i, times, cond, null, eps0, sde_key) -> x."""
+  return jax.jit(functools.partial(grid_step, apply, cfg, sharding=sharding))
+
+
+def jitted_step(graphdef: nnx.GraphDef, cfg: SamplerConfig,
+                sharding: BranchSharding | None = None):
   """The jitted sample step for a model graph; the step count is not part of the step."""
   key_cfg = dataclasses.replace(cfg, steps=1)
   try:
-    return _cached_step(graphdef, key_cfg)
+    return _cached_step(graphdef, key_cfg, sharding)
   except TypeError:  # an unhashable graph: compile for this sampler only
-    return jax.jit(functools.partial(sample_step, model_apply_fn(graphdef), cfg))
+    return _new_step(model_apply_fn(graphdef), cfg, sharding)
 
 
 def initial_noise(seed: int, batch: int, shape: Sequence[int], offset: int = 0) -> Array:
@@ -331,10 +381,23 @@ class Sampler:
     # Simplified placement: parameters not already sharded on this mesh are replicated.
     self.params = jax.tree.map(self._place_param, state)
     self._batch_sharding = NamedSharding(self.mesh, P(axes))
-    if apply is None:
-      self._step = jitted_step(graphdef, cfg)
-    else:
-      self._step = jax.jit(functools.partial(sample_step, apply, cfg))
+    self._replicated = NamedSharding(self.mesh, P())
+    # Model evaluations that share one forward; its batch is what must divide the mesh.
+    self.forward_branches = num_branches(cfg) if cfg.batched_cfg else 1
+    self._graphdef, self._apply, self._steps = graphdef, apply, {}
+    self._step = self.step_for(sharded_inputs=True)
+
+  def step_for(self, sharded_inputs: bool):
+    """The jitted grid step for batch-sharded (or replicated) inputs, built once each."""
+    if sharded_inputs not in self._steps:
+      sharding = None
+      if self.forward_branches > 1:
+        inputs = self._batch_sharding if sharded_inputs else self._replicated
+        sharding = BranchSharding(inputs, self._batch_sharding)
+      self._steps[sharded_inputs] = (
+          jitted_step(self._graphdef, self.cfg, sharding) if self._apply is None
+          else _new_step(self._apply, self.cfg, sharding))
+    return self._steps[sharded_inputs]
 
   def _place_param(self, leaf):
     """Keeps a parameter's NamedSharding on this mesh; replicates it otherwise."""
@@ -346,6 +409,16 @@ class Sampler:
   def _shard(self, a: Array) -> Array:
     return jax.device_put(a, self._batch_sharding)
 
+  def padding(self, batch: int) -> tuple[int, bool]:
+    """(rows to add, whether inputs shard over the batch) for a call with `batch` samples.
+
+    The padded batch times the branches per forward must divide the mesh; inputs whose own
+    batch does not divide it are replicated and the forward batch alone is sharded (one
+    sample's JIT-CFG branches on two devices instead of a padded copy of each)."""
+    d, n = self.batch_divisor, self.forward_branches
+    pad = next(p for p in range(d) if ((batch + p) * n) % d == 0)
+    return pad, (batch + pad) % d == 0
+
   def __call__(self, cond: Mapping[str, np.ndarray], null: Mapping[str, np.ndarray],
                seed: int, progress: bool = False, noise_offset: int = 0) -> np.ndarray:
     """Samples latents [B, T, H, W, C] (shape of cond['cond_latents']) from noise at `seed`."""
@@ -354,30 +427,29 @@ class Sampler:
       raise ValueError(f"Sampler: conditioning is missing {missing}")
     b = int(cond["cond_latents"].shape[0])
     shape = tuple(cond["cond_latents"].shape[1:])
-    pad = (-b) % self.batch_divisor
+    pad, sharded = self.padding(b)
+    place = self._batch_sharding if sharded else self._replicated
 
     def padded(a):
       a = jnp.asarray(a)
       if pad:
         a = jnp.concatenate([a, jnp.repeat(a[-1:], pad, axis=0)], axis=0)
-      return self._shard(a)
+      return jax.device_put(a, place)
 
     cond_p = {k: padded(cond[k]) for k in COND_KEYS}
     null_p = {k: padded(np.broadcast_to(null[k], (b,) + null[k].shape[1:]))
               for k in ("text", "text_mask", "pooled")}
     eps0 = padded(initial_noise(seed, b, shape, noise_offset))
     cond_p["cond_mask"] = cond_p["cond_mask"].astype(bool)
-    times = time_grid(self.cfg.steps, self.cfg.schedule, self.cfg.shift)
+    times = jax.device_put(jnp.asarray(time_grid(self.cfg.steps, self.cfg.schedule,
+                                                 self.cfg.shift), jnp.float32), self._replicated)
     sde_key = jax.random.fold_in(jax.random.key(int(seed)), 1 << 30)
     x = eps0
     steps = range(self.cfg.steps)
     if progress:
       from tqdm import tqdm
       steps = tqdm(steps, desc=f"sampling ({self.cfg.solver})", unit="step")
-    bp = b + pad
+    step = self._step if sharded else self.step_for(sharded_inputs=False)
     for i in steps:
-      t = self._shard(jnp.full((bp,), times[i], jnp.float32))
-      tn = self._shard(jnp.full((bp,), times[i + 1], jnp.float32))
-      x = self._step(self.params, x, t, tn, cond_p, null_p, eps0,
-                     jax.random.fold_in(sde_key, i), jnp.asarray(i == self.cfg.steps - 1))
+      x = step(self.params, x, np.int32(i), times, cond_p, null_p, eps0, sde_key)
     return np.asarray(jax.device_get(x))[:b]

@@ -199,13 +199,30 @@ def test_model_sampler_deterministic_sharded_and_replaced(model_sampler):
   assert np.abs(plain(cond, null, seed=0) - a).max() > 1e-3
 
 
+def test_batched_cfg_spreads_one_sample_over_the_mesh(model_sampler):
+  """One sample's two JIT-CFG branches fill two of the devices instead of padding each branch
+  to the mesh; the result equals separate forwards."""
+  cfg, sampler, model = model_sampler
+  separate = sampling.Sampler(model, sampling.SamplerConfig(steps=3, guidance=3.0,
+                                                            batched_cfg=False))
+  sit = sampling.Sampler(model, sampling.SamplerConfig(steps=3, guidance_mode="sit"))
+  assert sampler.forward_branches == 2 and separate.forward_branches == 1
+  assert sampler.padding(1) == (3, False)      # forward batch 8, inputs replicated
+  assert sampler.padding(4) == (0, False) and sampler.padding(5) == (3, True)
+  assert sampler.padding(8) == (0, True)
+  assert separate.padding(1) == (7, True) and sit.padding(1) == (7, True)
+  cond, null = model_cond(cfg, 1)
+  np.testing.assert_allclose(sampler(cond, null, seed=4), separate(cond, null, seed=4),
+                             rtol=1e-4, atol=1e-4)
+
+
 def test_model_sampler_step_is_sharded(model_sampler):
   cfg, sampler, _ = model_sampler
   cond, null = model_cond(cfg, 8, first=False)
   x = jax.device_put(jnp.zeros((8, 4, 8, 8, 4)), sampler._batch_sharding)
   c = {k: sampler._shard(jnp.asarray(v)) for k, v in cond.items()}
   n = {k: sampler._shard(jnp.broadcast_to(jnp.asarray(v), (8,) + v.shape[1:])) for k, v in null.items()}
-  t = sampler._shard(jnp.zeros((8,)))
-  out = sampler._step(sampler.params, x, t, t + 0.5, c, n, x, jax.random.key(0), jnp.asarray(False))
+  times = jnp.asarray([0.0, 0.5, 1.0])
+  out = sampler._step(sampler.params, x, np.int32(0), times, c, n, x, jax.random.key(0))
   assert out.sharding.spec[0] in ("data", ("data",))
   assert len(out.sharding.device_set) == 8
