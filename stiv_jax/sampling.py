@@ -343,7 +343,8 @@ def _new_step(apply: ApplyFn, cfg: SamplerConfig, sharding: BranchSharding | Non
 
 def jitted_step(graphdef: nnx.GraphDef, cfg: SamplerConfig,
                 sharding: BranchSharding | None = None):
-  """The jitted sample step for a model graph; the step count is not part of the step."""
+  """The jitted grid step for a model graph, shared by samplers that differ only in their step
+  count (each count compiles once: it is the shape of `times`)."""
   key_cfg = dataclasses.replace(cfg, steps=1)
   try:
     return _cached_step(graphdef, key_cfg, sharding)

@@ -130,6 +130,20 @@ def test_sample_step_resets_conditioning_frames():
     assert not np.allclose(y[:, 1:], x[:, 1:])
 
 
+def test_grid_step_derives_times_key_and_last_step():
+  cond, null = _toy_cond()
+  x = jax.random.normal(jax.random.key(0), cond["cond_latents"].shape)
+  cfg = sampling.SamplerConfig(solver="sde", steps=3)
+  times = jnp.asarray(sampling.time_grid(3), jnp.float32)
+  key = jax.random.key(5)
+  for i in range(3):
+    got = sampling.grid_step(_toy_apply([]), cfg, 1.0, x, np.int32(i), times, cond, null, x, key)
+    want = sampling.sample_step(_toy_apply([]), cfg, 1.0, x, jnp.full((2,), times[i]),
+                                jnp.full((2,), times[i + 1]), cond, null, x,
+                                jax.random.fold_in(key, i), jnp.asarray(i == 2))
+    np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-6)
+
+
 def test_config_errors():
   with pytest.raises(ValueError, match="sampling.solver"):
     sampling.SamplerConfig(solver="rk4")
