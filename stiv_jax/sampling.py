@@ -386,7 +386,6 @@ class Sampler:
     # Model evaluations that share one forward; its batch is what must divide the mesh.
     self.forward_branches = num_branches(cfg) if cfg.batched_cfg else 1
     self._graphdef, self._apply, self._steps = graphdef, apply, {}
-    self._step = self.step_for(sharded_inputs=True)
 
   def step_for(self, sharded_inputs: bool):
     """The jitted grid step for batch-sharded (or replicated) inputs, built once each."""
@@ -406,9 +405,6 @@ class Sampler:
     if isinstance(sharding, NamedSharding) and sharding.mesh == self.mesh:
       return leaf
     return jax.device_put(leaf, NamedSharding(self.mesh, P()))
-
-  def _shard(self, a: Array) -> Array:
-    return jax.device_put(a, self._batch_sharding)
 
   def padding(self, batch: int) -> tuple[int, bool]:
     """(rows to add, whether inputs shard over the batch) for a call with `batch` samples.
@@ -450,7 +446,7 @@ class Sampler:
     if progress:
       from tqdm import tqdm
       steps = tqdm(steps, desc=f"sampling ({self.cfg.solver})", unit="step")
-    step = self._step if sharded else self.step_for(sharded_inputs=False)
+    step = self.step_for(sharded_inputs=sharded)
     for i in steps:
       x = step(self.params, x, np.int32(i), times, cond_p, null_p, eps0, sde_key)
     return np.asarray(jax.device_get(x))[:b]

@@ -234,9 +234,11 @@ def test_model_sampler_step_is_sharded(model_sampler):
   cfg, sampler, _ = model_sampler
   cond, null = model_cond(cfg, 8, first=False)
   x = jax.device_put(jnp.zeros((8, 4, 8, 8, 4)), sampler._batch_sharding)
-  c = {k: sampler._shard(jnp.asarray(v)) for k, v in cond.items()}
-  n = {k: sampler._shard(jnp.broadcast_to(jnp.asarray(v), (8,) + v.shape[1:])) for k, v in null.items()}
+  shard = lambda a: jax.device_put(a, sampler._batch_sharding)
+  c = {k: shard(jnp.asarray(v)) for k, v in cond.items()}
+  n = {k: shard(jnp.broadcast_to(jnp.asarray(v), (8,) + v.shape[1:])) for k, v in null.items()}
   times = jnp.asarray([0.0, 0.5, 1.0])
-  out = sampler._step(sampler.params, x, np.int32(0), times, c, n, x, jax.random.key(0))
+  step = sampler.step_for(sharded_inputs=True)
+  out = step(sampler.params, x, np.int32(0), times, c, n, x, jax.random.key(0))
   assert out.sharding.spec[0] in ("data", ("data",))
   assert len(out.sharding.device_set) == 8
