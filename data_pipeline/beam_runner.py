@@ -39,20 +39,23 @@ class WorkerDoFn(beam.DoFn):
 
 
 class EncodeDoFn(beam.DoFn):
-  """Clip row -> (bucket, (clip id, example bytes, latent shape)); too-short clips dropped."""
+  """Clip row -> (bucket, (clip id, example bytes, encode row)); too-short clips dropped.
+  setup() leaves the encoders' contract record in OUT/encoded (a shared filesystem)."""
 
-  def __init__(self, cfg):
-    self.cfg = cfg
+  def __init__(self, cfg, out_dir: str):
+    self.cfg, self.out_dir = cfg, out_dir
 
   def setup(self):
-    self.worker = stages.EncodeWorker(self.cfg, "")
+    self.worker = stages.EncodeWorker(self.cfg, self.out_dir)
     self.worker.setup()
 
   def process(self, row):
     from stiv_jax.data import schema as schema_lib
     rec = self.worker.record(row)
     if rec is not None:
-      yield rec.bucket, (row["id"], schema_lib.encode_example(rec), list(rec.latents.shape))
+      yield rec.bucket, (row["id"], schema_lib.encode_example(rec),
+                         {"latents_shape": list(rec.latents.shape), "micro": rec.micro,
+                          "caption_source": rec.caption_source})
 
 
 class WriteBucketDoFn(beam.DoFn):
@@ -72,6 +75,13 @@ def _write_rows(pcoll, out_dir: str, name: str):
           | f"{name}Write" >> beam.io.WriteToText(os.path.join(out_dir, name),
                                                    file_name_suffix=".jsonl",
                                                    shard_name_template=""))
+
+
+def _write_manifest(out_dir: str, shard_dir: str, meta: dict) -> dict:
+  """The dataset manifest with the latent contract the encode workers recorded."""
+  contract, empty = encode_lib.load_encoders(out_dir)
+  return encode_lib.writer_lib.write_manifest(shard_dir, metadata=meta, contract=contract,
+                                              empty_prompt=empty)
 
 
 def build(p, input_dir: str, out_dir: str, cfg):
@@ -112,14 +122,14 @@ def build(p, input_dir: str, out_dir: str, cfg):
        os.path.join(out_dir, "dsg_report.json"), dsg_lib.dsg_metrics(t[0], t[1], t[3], t[2]))))
   target = int(cfg.encode.target_shard_mb * (1 << 20))
   shards = (checked | "DsgOk" >> beam.Filter(stages.ok)
-            | "Encode" >> beam.ParDo(EncodeDoFn(cfg))
+            | "Encode" >> beam.ParDo(EncodeDoFn(cfg, out_dir))
             | "ByBucket" >> beam.GroupByKey()
             | "WriteShards" >> beam.ParDo(WriteBucketDoFn(shard_dir, target)))
   meta = {"vae": cfg.encode.vae.to_dict(), "text": cfg.encode.text.to_dict(),
           "source": "data_pipeline.beam"}
   (p | "Once" >> beam.Create([None])
    | "ShardManifest" >> beam.Map(
-       lambda _, names: encode_lib.writer_lib.write_manifest(shard_dir, metadata=meta),
+       lambda _, names: _write_manifest(out_dir, shard_dir, meta),
        names=beam.pvalue.AsList(shards)))
   return shards
 

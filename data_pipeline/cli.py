@@ -4,12 +4,16 @@
   stiv-prep <stage> --output=DIR [--input=DIR for probe] ...   stage in: probe scenes features
                                                                 filter caption classify dsg encode
   stiv-prep beam --input=DIR --output=DIR [--runner=DirectRunner] [-- beam pipeline options]
+  stiv-prep images --input=DIR --output=DIR [--config=...] [--set k=v ...]
+                                                               images (+ caption sidecars) ->
+                                                               single-frame shards (T2I data)
   stiv-prep synth | synth-shards | train-tokenizer ...          (other tools, dispatched)
 """
 from __future__ import annotations
 
 import argparse
 import ast
+import json
 import importlib.util
 import os
 import sys
@@ -100,6 +104,11 @@ def main(argv: list[str]) -> int:
   if cmd == "train-tokenizer":
     from stiv_jax.models.encoders.tokenizer import train_tokenizer_cli
     return train_tokenizer_cli(rest)
+  if cmd == "images":
+    args = _parser("stiv-prep images", True).parse_args(rest)
+    from data_pipeline import images
+    print(json.dumps(images.prepare_images(args.input, args.output, _config(args))))
+    return 0
   from data_pipeline import runner
   if cmd == "run":
     args = _parser("stiv-prep run", True).parse_args(rest)

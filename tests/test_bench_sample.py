@@ -8,7 +8,7 @@ import sys
 def test_sample_bench_reports_both_placements_and_the_ratio():
   env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
   out = subprocess.run(
-      [sys.executable, "-m", "stiv_jax.bench", "sample", "--config-arg=tiny", "--steps=2",
+      [sys.executable, "-m", "stiv_jax.bench", "sample", "--preset=tiny", "--steps=2",
        "--repeats=1", "--cpu-devices=2"],
       capture_output=True, text=True, env=env, timeout=600, check=True)
   r = json.loads(out.stdout.strip().splitlines()[-1])

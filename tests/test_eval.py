@@ -9,10 +9,11 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from experiments.configs import common
+from stiv_jax import config_schema as schema
 from stiv_jax.eval import cli, during_training, features, frechet, i3d, inception, netlib
 from stiv_jax.data import synthetic as synth
-from stiv_jax.eval import synthetic, video_io
+from stiv_jax import video_io
+from stiv_jax.eval import synthetic
 from stiv_jax.models.encoders.standins import HashTextEncoder, PixelSpaceVAE
 from stiv_jax.models.stiv import STIV
 
@@ -200,7 +201,7 @@ def test_synthetic_score_cli_prints_one_json_line(tmp_path, capsys):
 
 
 def test_during_training_eval():
-  cfg = common.model_config("small", latent_height=8, latent_width=8, num_frames=4, text_dim=16,
+  cfg = schema.model_config("small", latent_height=8, latent_width=8, num_frames=4, text_dim=16,
                             latent_channels=4, mask_ratio=0.0, remat="none")
   abstract = nnx.eval_shape(lambda: STIV(cfg, rngs=nnx.Rngs(params=0)))
   graphdef, params, rest = nnx.split(abstract, nnx.Param, ...)
@@ -211,7 +212,7 @@ def test_during_training_eval():
   tok, mask, pooled = text.encode_text(["a red circle moving right"] * 2)
   batch = {"latents": rng.standard_normal((2, 4, 8, 8, 4)).astype("f4"), "text": tok,
            "text_mask": mask, "pooled": pooled, "micro": np.tile([32, 32, 0, 0, 1, 4], (2, 1)).astype("f4")}
-  config = common.ml_collections.ConfigDict({"model": cfg})
+  config = schema.ml_collections.ConfigDict({"model": cfg})
   ev = during_training.DuringTrainingEval(
       config, [batch], text, PixelSpaceVAE(4, 4),
       during_training.EvalConfig(sample_steps=2, prompts=("a red circle moving right",), ti2v_samples=1))

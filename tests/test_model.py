@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from experiments.configs import common
+from stiv_jax import config_schema as schema
 from stiv_jax.models import embeddings, masking
 from stiv_jax.models.config import validate_model_config
 from stiv_jax.models.stiv import STIV
@@ -17,7 +17,7 @@ def small_cfg(**kw):
   base = dict(latent_height=H, latent_width=W, num_frames=T, text_dim=DT, latent_channels=C,
               remat="none")
   base.update(kw)
-  return common.model_config("small", **base)
+  return schema.model_config("small", **base)
 
 
 def randomize(model: STIV, seed: int = 0) -> STIV:

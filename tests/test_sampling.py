@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from experiments.configs import common
+from stiv_jax import config_schema as schema
 from stiv_jax import sampling
 from stiv_jax.models.stiv import STIV
 
@@ -156,7 +156,7 @@ def test_config_errors():
 
 
 def tiny_model_config():
-  return common.model_config("small", latent_height=8, latent_width=8, num_frames=4, text_dim=16,
+  return schema.model_config("small", latent_height=8, latent_width=8, num_frames=4, text_dim=16,
                              latent_channels=4, mask_ratio=0.0, remat="none")
 
 

@@ -95,9 +95,15 @@ def test_writer_shards_index_manifest(tmp_path):
   files = sorted(os.listdir(tmp_path))
   assert not [f for f in files if ".tmp" in f]  # atomic: no leftovers
   assert manifest["num_records"] == 30 and manifest["num_shards"] > 2
-  assert manifest["buckets"] == {"2x4x4": {"count": 15, "shape": [2, 4, 4, 2]},
-                                 "4x4x4": {"count": 15, "shape": [4, 4, 4, 2]}}
-  assert manifest["metadata"] == {"test": 1}
+  assert {k: (v["count"], v["shape"]) for k, v in manifest["buckets"].items()} == {
+      "2x4x4": (15, [2, 4, 4, 2]), "4x4x4": (15, [4, 4, 4, 2])}
+  # Per-bucket micro-condition statistics: crop_top is the record number (even ones in 2x4x4).
+  micro = manifest["buckets"]["2x4x4"]["micro"]
+  assert micro["crop_top"] == {"mode": 0, "min": 0, "max": 28}
+  assert micro["stride"] == {"mode": 3, "min": 3, "max": 3}
+  assert micro["num_frames"]["mode"] == 2
+  assert manifest["captions"] == {"unknown": 30}  # no caption source recorded
+  assert manifest["metadata"] == {"test": 1} and "contract" not in manifest
   for shard in manifest["shards"]:
     path = tmp_path / shard["file"]
     assert writer.file_crc32c(str(path)) == shard["crc32c"]

@@ -2,7 +2,7 @@
 import numpy as np
 import pytest
 
-from experiments.configs import common
+from stiv_jax import config_schema as schema
 from stiv_jax import tasks
 from stiv_jax.models.encoders.standins import HashTextEncoder, PixelSpaceVAE
 
@@ -24,7 +24,7 @@ class FakeSampler:
 
 
 def make_runner(resize=False):
-  cfg = common.model_config("small", latent_height=H, latent_width=W, num_frames=T, text_dim=16,
+  cfg = schema.model_config("small", latent_height=H, latent_width=W, num_frames=T, text_dim=16,
                             latent_channels=C)
   sampler = FakeSampler()
   runner = tasks.TaskRunner(sampler, HashTextEncoder(16, 8), PixelSpaceVAE(F, C), cfg,
@@ -88,7 +88,7 @@ def test_user_errors_and_resize():
   resizing, _ = make_runner(resize=True)
   out = resizing.run("ti2v", ["a"], tasks.TaskInputs(image=img(200, 12, 20)))
   assert out[0, 0, 0, 0, 0] == pytest.approx(200 / 127.5 - 1, abs=1e-2)
-  cfg = common.model_config("small", latent_height=H, latent_width=W, num_frames=T, text_dim=32,
+  cfg = schema.model_config("small", latent_height=H, latent_width=W, num_frames=T, text_dim=32,
                             latent_channels=C)
   with pytest.raises(tasks.TaskError, match="text.dim=16 does not match model.text_dim=32"):
     tasks.TaskRunner(FakeSampler(), HashTextEncoder(16, 8), PixelSpaceVAE(F, C), cfg)

@@ -4,10 +4,11 @@ Every stage file (t2i.py, t2v.py, ...) calls `stage_config(name, arg, ...)`. The
 comma-separated list: a model size (XL, XXL, M; default XL), `local` (a CPU run of the demo-sized
 model on the demo shards, a few steps), `tiny` (local with the unit-test model: latents
 [4, 8, 8, 4], text dim 16), `root=PATH` (the folder of all stage workdirs; each stage's workdir
-is ROOT/<stage>_<size> and its `init.sources` point at the previous stages' workdirs there), and
+is ROOT/<stage>_<size> and its `init.sources` point at the previous stages' workdirs there; a
+`local`/`tiny` run starts from them only when `root=` is given, else from scratch), and
 stage-specific flags a file allows (e.g. `512` in t2i.py).
 
-On top of the `stiv-train` schema (experiments/configs/demo.py) a config carries `stage`:
+On top of the `stiv-train` schema (stiv_jax/config_schema.py) a config carries `stage`:
   stage.name        the stage's name (t2v256, stiv512, ...)
   stage.size        model size name
   stage.workdir     canonical workdir of this stage (ROOT/<name>_<size>); the launcher's default
@@ -23,7 +24,7 @@ from typing import Iterable, Sequence
 
 import ml_collections
 
-from experiments.configs import common, demo
+from stiv_jax import config_schema as schema
 from stiv_jax import sharding
 
 SIZES = ("XL", "XXL", "M")
@@ -39,6 +40,7 @@ class StageArgs:
   local: bool = False
   tiny: bool = False
   root: str = DEFAULT_ROOT
+  root_given: bool = False
   flags: frozenset[str] = frozenset()
 
 
@@ -64,7 +66,7 @@ def parse_arg(file: str, arg: str | None, allowed_flags: Iterable[str] = ()) -> 
           f"{file}: unknown config argument {tok!r}; expected a size {SIZES}, 'local', 'tiny', "
           f"'root=PATH'" + (f" or one of {sorted(allowed)}" if allowed else ""))
   return StageArgs(size=size, local=local, tiny=tiny, root=root.rstrip("/"),
-                   flags=frozenset(flags))
+                   root_given=root != DEFAULT_ROOT, flags=frozenset(flags))
 
 
 def stage_workdir(root: str, name: str, size: str) -> str:
@@ -114,19 +116,11 @@ def _local_sections(c: ml_collections.ConfigDict, tiny: bool, frames: int, scale
   `frames` is the local latent frame count (the caller maps the stage's 20 / 40 frames to 16 / 32
   for the demo model, 4 / 8 for tiny, 1 for images); `scale` is 2 for 512-px stages.
   """
-  if tiny:
-    c.model = common.model_config(
-        "small", num_frames=frames, latent_height=8 * scale, latent_width=8 * scale,
-        latent_channels=4, text_dim=16, remat="none")
-    c.text = common.text_config("hash", dim=16, max_length=8)
-    c.optimizer.min_dim_size_to_factor = 16
-  else:
-    c.model = common.model_config(
-        "demo", num_frames=frames, latent_height=16 * scale, latent_width=16 * scale,
-        latent_channels=4, text_dim=64, remat="none")
-    c.text = common.text_config("hash", dim=64, max_length=16)
-    c.optimizer.min_dim_size_to_factor = 64
-  c.vae = common.vae_config("pixel", spatial_factor=4, latent_channels=4)
+  preset = "tiny" if tiny else "demo"
+  side = schema.CPU_PRESETS[preset][2] * scale
+  c.model, c.vae, c.text = schema.cpu_preset(preset, num_frames=frames, latent_height=side,
+                                             latent_width=side)
+  c.optimizer.min_dim_size_to_factor = 16 if tiny else 64
   c.mesh = sharding.mesh_config(data=-1, fsdp=1, tensor=1)
   c.data.batch_size = 8
   c.data.worker_count = 0
@@ -157,15 +151,15 @@ def stage_config(
   rope_from: a stage whose model sizes set the RoPE interpolation factors ('' = none).
   """
   a = parse_arg(file, arg, allowed_flags)
-  c = demo.base_train_config()
+  c = schema.train_config()
   c.stage = ml_collections.ConfigDict()
   # What data.path must hold; on a pod the shards come from the video pipeline (stiv-prep run).
   c.stage.data_spec = (f"{resolution}px, {1 if image else frames} frames at stride "
                        f"{frame_stride}" + (" (images)" if image else ""))
   c.stage.prep_command = ""
-  c.model = common.model_config(a.size)
-  c.vae = common.vae_config("kl", latent_channels=8)
-  c.text = common.text_config("clip", dim=1280, max_length=77)
+  c.model = schema.model_config(a.size)
+  c.vae = schema.vae_config("kl", latent_channels=8)
+  c.text = schema.text_config("clip", dim=1280, max_length=77)
   topology = DEFAULT_TOPOLOGY[a.size]
 
   latent_frames = 1 if image else frames
@@ -205,9 +199,13 @@ def stage_config(
   else:
     _paper_sections(c, a.size, topology)
 
-  c.init.sources = [source(stage_workdir(a.root, src, a.size), inc, exc)
-                    for src, inc, exc in starts_from]
-  c.init.rope_from_config = stage_workdir(a.root, rope_from, a.size) if rope_from else ""
+  # A local run starts from the previous stages only when chained explicitly (`root=`); on
+  # its own it trains from scratch, so it needs no other stage's workdir.
+  chained = not a.local or a.root_given
+  c.init.sources = tuple(source(stage_workdir(a.root, src, a.size), inc, exc)
+                         for src, inc, exc in starts_from) if chained else ()
+  c.init.rope_from_config = (stage_workdir(a.root, rope_from, a.size)
+                             if rope_from and chained else "")
   c.init.allow_missing = allow_missing
 
   c.stage.name = name

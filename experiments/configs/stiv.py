@@ -6,14 +6,14 @@ from __future__ import annotations
 
 import ml_collections
 
-from experiments.configs import common
+from stiv_jax import config_schema as schema
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   parts = (arg or "XL").split(",")
   size = parts[0]
   config = ml_collections.ConfigDict()
-  config.model = common.model_config(size)
+  config.model = schema.model_config(size)
   if "image" in parts[1:]:
     config.model.num_frames = 1
     config.model.patch_t = 1

@@ -1,20 +1,36 @@
-"""`stiv-bench NAME [flags]`: runs the benchmark module stiv_jax.bench.<name> (dashes -> underscores).
+"""`stiv-bench NAME [flags]`: runs a benchmark; one JSON object on its last line, `ratio` the headline.
 
-Every benchmark prints one JSON object on its last line with its headline figure under `ratio`,
-measured against a reference in the same run.
+Benchmarks are the modules of stiv_jax.bench (dashes -> underscores) plus those other packages
+register under the entry-point group `stiv_jax.benchmarks` (e.g. data_pipeline's `prep`), so the
+library never imports the floors above it.
 """
 from __future__ import annotations
 
 import importlib
+import importlib.metadata
 import pkgutil
 import sys
+from typing import Callable
 
 import stiv_jax.bench as bench_pkg
 
+ENTRY_POINT_GROUP = "stiv_jax.benchmarks"
+_HELPERS = ("common",)
+
+
+def registry() -> dict[str, Callable[[], None] | str]:
+  """name -> module path (stiv_jax.bench) or entry point (other packages)."""
+  out: dict[str, Callable[[], None] | str] = {
+      m.name.replace("_", "-"): f"stiv_jax.bench.{m.name}"
+      for m in pkgutil.iter_modules(bench_pkg.__path__)
+      if not m.name.startswith("_") and m.name not in _HELPERS}
+  for ep in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP):
+    out.setdefault(ep.name, ep)
+  return out
+
 
 def available() -> list[str]:
-  return sorted(m.name.replace("_", "-") for m in pkgutil.iter_modules(bench_pkg.__path__)
-                if not m.name.startswith("_") and m.name != "common")
+  return sorted(registry())
 
 
 def run(argv: list[str] | None = None) -> None:
@@ -22,13 +38,15 @@ def run(argv: list[str] | None = None) -> None:
   if len(argv) < 2 or argv[1] in ("-h", "--help"):
     print(f"usage: stiv-bench NAME [flags]; NAME one of {available()}")
     sys.exit(0 if len(argv) >= 2 else 2)
-  name = argv[1]
-  if name.replace("_", "-") not in available():
-    print(f"stiv-bench: unknown benchmark {name!r}; expected one of {available()}", file=sys.stderr)
+  name = argv[1].replace("_", "-")
+  found = registry().get(name)
+  if found is None:
+    print(f"stiv-bench: unknown benchmark {argv[1]!r}; expected one of {available()}",
+          file=sys.stderr)
     sys.exit(2)
-  module = importlib.import_module(f"stiv_jax.bench.{name.replace('-', '_')}")
+  main = importlib.import_module(found).main if isinstance(found, str) else found.load()
   sys.argv = [f"stiv-bench {name}"] + argv[2:]
-  module.main()
+  main()
 
 
 if __name__ == "__main__":

@@ -16,7 +16,7 @@ import time
 import jax
 import numpy as np
 
-from experiments.configs import demo
+from stiv_jax import config_schema as schema
 from stiv_jax import sharding as shd
 from stiv_jax.data import pipeline
 from stiv_jax.models.encoders.base import build_text_encoder, build_vae
@@ -43,7 +43,8 @@ def main(argv: list[str] | None = None) -> None:
   p.add_argument("--step_batches", type=int, default=6)
   args = p.parse_args(argv)
 
-  c = demo.get_config()
+  c = schema.train_config()
+  c.model, c.vae, c.text = schema.cpu_preset("demo")
   with tempfile.TemporaryDirectory() as tmp:
     data = args.data
     if not data:

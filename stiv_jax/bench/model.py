@@ -13,7 +13,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from experiments.configs import common
+from stiv_jax import config_schema as schema
 from stiv_jax.bench.common import matmul_flops_per_s, time_fn
 from stiv_jax.models import flops as flops_lib
 from stiv_jax.models.stiv import STIV
@@ -41,7 +41,7 @@ def grad_fn(graphdef, masked: bool):
 
 def xl_compile_seconds(text_len: int = 77) -> float:
   """Lower + compile the 28-block XL forward+backward from abstract shapes only."""
-  cfg = common.model_config("XL", remat="save_self_attn")
+  cfg = schema.model_config("XL", remat="save_self_attn")
   abstract = nnx.eval_shape(lambda: STIV(cfg, rngs=nnx.Rngs(0)))
   graphdef, state = nnx.split(abstract)
   args = jax.eval_shape(lambda: make_inputs(cfg, 1, text_len, cfg.num_frames))
@@ -63,7 +63,7 @@ def main() -> None:
   a = p.parse_args()
 
   side = 2 * a.tokens_per_side
-  cfg = common.model_config("mid", latent_height=side, latent_width=side, num_frames=a.frames,
+  cfg = schema.model_config("mid", latent_height=side, latent_width=side, num_frames=a.frames,
                             latent_channels=8, text_dim=512, remat=a.remat)
   model = STIV(cfg, rngs=nnx.Rngs(0))
   graphdef, state = nnx.split(model)

@@ -19,7 +19,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from experiments.configs import demo
+from stiv_jax import config_schema as schema
 from stiv_jax import sampling
 from stiv_jax.models.stiv import STIV
 
@@ -95,13 +95,13 @@ def main() -> None:
   p.add_argument("--steps", type=int, default=10)
   p.add_argument("--repeats", type=int, default=5)
   p.add_argument("--text-len", type=int, default=16)
-  p.add_argument("--config-arg", default="", help="argument of experiments/configs/demo.py")
+  p.add_argument("--preset", default="demo", choices=sorted(schema.CPU_PRESETS),
+                 help="model of stiv_jax.config_schema.cpu_preset")
   p.add_argument("--cpu-devices", type=int, default=0,
                  help="CPU devices to split the host into (0: one per usable core)")
   args = p.parse_args()
   split_host_into_core_devices(args.cpu_devices)
-  cfg = demo.get_config(args.config_arg).model
-  cfg.mask_ratio = 0.0
+  cfg = schema.cpu_preset(args.preset, mask_ratio=0.0)[0]
   model = random_model(cfg)
   cond, null = t2v_cond(cfg, args.batch, args.text_len)
   samplers = {}
@@ -113,7 +113,7 @@ def main() -> None:
           for mode in ("batched", "separate")}
   print(json.dumps({
       "benchmark": "sample", "task": "t2v",
-      "config": "demo" + (f",{args.config_arg}" if args.config_arg else ""),
+      "preset": args.preset,
       "latents": [cfg.num_frames, cfg.latent_height, cfg.latent_width, cfg.latent_channels],
       "batch": args.batch, "steps": args.steps, "devices": jax.device_count(),
       "backend": jax.default_backend(),

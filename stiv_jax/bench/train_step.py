@@ -15,8 +15,7 @@ import time
 import jax
 import numpy as np
 
-from experiments.configs import common
-from experiments.configs import demo
+from stiv_jax import config_schema as schema
 from stiv_jax import sharding as shd
 from stiv_jax.bench.common import matmul_flops_per_s
 from stiv_jax.models.encoders.base import build_text_encoder
@@ -28,12 +27,12 @@ from stiv_jax.train import step as step_lib
 
 def bench_config(args, mask_ratio: float, remat: str):
   """The train config of the benchmark: the 'mid' model on [frames, size, size, 8] latents."""
-  c = demo.base_train_config()
-  c.model = common.model_config("mid", num_frames=args.frames, latent_height=args.size,
+  c = schema.train_config()
+  c.model = schema.model_config("mid", num_frames=args.frames, latent_height=args.size,
                                 latent_width=args.size, latent_channels=8,
                                 text_dim=args.text_dim, mask_ratio=mask_ratio, remat=remat)
-  c.vae = common.vae_config("pixel", spatial_factor=4, latent_channels=8)
-  c.text = common.text_config("hash", dim=args.text_dim, max_length=args.text_len)
+  c.vae = schema.vae_config("pixel", spatial_factor=4, latent_channels=8)
+  c.text = schema.text_config("hash", dim=args.text_dim, max_length=args.text_len)
   c.data.batch_size = args.batch
   c.optimizer.warmup_steps = 0
   c.mesh.data = -1

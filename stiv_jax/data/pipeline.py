@@ -49,6 +49,7 @@ _BAD_KEY = "_bad_records"
 _STATE_FORMAT = "stiv_jax.data.pipeline"
 _STATE_VERSION = 1
 BAD_RECORD_POLICIES = ("fatal", "skip")
+HOLDOUT_SEED = 20_241_210  # fixed: the held-out split does not move with data.seed
 
 
 def default_config() -> ml_collections.ConfigDict:
@@ -63,6 +64,7 @@ def default_config() -> ml_collections.ConfigDict:
   c.prefetch = 2               # batches prefetched per process by those threads
   c.bad_records = "fatal"      # 'fatal' (raise naming file and offset) | 'skip' (count, refill)
   c.check_crc = True           # verify record CRCs on every read
+  c.holdout = 0                # records held out of training (validation), fixed by HOLDOUT_SEED
   return c
 
 
@@ -79,6 +81,7 @@ class PipelineOptions:
   prefetch: int = 2
   bad_records: str = "fatal"
   check_crc: bool = True
+  holdout: int = 0
 
   @classmethod
   def from_config(cls, cfg: Any) -> "PipelineOptions":
@@ -100,13 +103,31 @@ class PipelineOptions:
     if opts.num_epochs == 0 or opts.num_epochs < -1:
       raise ValueError(f"data.num_epochs: {opts.num_epochs}; expected a positive count or -1 "
                        "(repeat forever)")
-    for name in ("worker_count", "read_threads"):
+    for name in ("worker_count", "read_threads", "holdout"):
       if getattr(opts, name) < 0:
         raise ValueError(f"data.{name}: must be >= 0, got {getattr(opts, name)}")
     for name in ("worker_buffer_size", "prefetch"):
       if getattr(opts, name) < 1:
         raise ValueError(f"data.{name}: must be >= 1, got {getattr(opts, name)}")
     return opts
+
+
+def holdout_indices(num_records: int, holdout: int) -> np.ndarray:
+  """Sorted record indices held out of training: the first `holdout` of a permutation seeded by
+  HOLDOUT_SEED alone (not data.seed), so every run of a dataset holds out the same records."""
+  if not 0 <= holdout < num_records:
+    raise ValueError(f"data.holdout: {holdout} must be in [0, {num_records}) (the dataset's "
+                     "record count; at least one record must stay for training)")
+  perm = np.random.default_rng(HOLDOUT_SEED).permutation(num_records)
+  return np.sort(perm[:holdout])
+
+
+def training_buckets(bucket_of: np.ndarray, holdout: int) -> np.ndarray:
+  """bucket_of with the held-out records set to -1 (no bucket: never planned into a batch)."""
+  out = np.array(bucket_of, np.int32, copy=True)
+  if holdout:
+    out[holdout_indices(out.shape[0], holdout)] = -1
+  return out
 
 
 def epoch_plan(bucket_of: np.ndarray, num_buckets: int, *, seed: int, epoch: int,
@@ -135,8 +156,9 @@ def epoch_plan(bucket_of: np.ndarray, num_buckets: int, *, seed: int, epoch: int
 
 
 def batches_per_epoch(bucket_of: np.ndarray, num_buckets: int, global_batch: int) -> int:
-  """Global batches per epoch (the same every epoch: it depends only on bucket sizes)."""
-  counts = np.bincount(bucket_of, minlength=num_buckets)
+  """Global batches per epoch (the same every epoch: it depends only on bucket sizes); records
+  of bucket -1 (held out) do not count."""
+  counts = np.bincount(bucket_of[bucket_of >= 0], minlength=num_buckets)
   return int((counts // global_batch).sum())
 
 
@@ -226,7 +248,8 @@ class BatchIterator:
     self.process_count = int(process_count)
     self.batch_size = int(batch_size)
     ds = src.dataset
-    self.steps = _StepIndices(ds.bucket_of, len(ds.bucket_keys), seed=self.seed,
+    self.steps = _StepIndices(training_buckets(ds.bucket_of, opts.holdout), len(ds.bucket_keys),
+                              seed=self.seed,
                               batch_size=self.batch_size, process_index=self.process_index,
                               process_count=self.process_count, shuffle=opts.shuffle)
     if self.steps.batches_per_epoch == 0:
@@ -242,6 +265,15 @@ class BatchIterator:
   def batches_per_epoch(self) -> int:
     """Steps per epoch (all processes take the same number)."""
     return self.steps.batches_per_epoch
+
+  def trained_buckets(self) -> dict[str, tuple[int, ...]]:
+    """{bucket key: latent shape [T, H, W, C]} of the buckets that give at least one global
+    batch per epoch (the batch shapes the train step will see)."""
+    ds = self.src.dataset
+    trained = self.steps.bucket_of
+    counts = np.bincount(trained[trained >= 0], minlength=len(ds.bucket_keys))
+    return {k: tuple(ds.bucket_shapes[k]) for k, c in zip(ds.bucket_keys, counts)
+            if c >= self.steps.global_batch}
 
   @property
   def epoch(self) -> float:
@@ -292,7 +324,8 @@ class BatchIterator:
         "format": _STATE_FORMAT, "version": _STATE_VERSION, "next_step": self.next_step,
         "bad_records": self.bad_records, "seed": self.seed, "batch_size": self.batch_size,
         "process_index": self.process_index, "process_count": self.process_count,
-        "shuffle": self.opts.shuffle, "dataset": self.fingerprint}, indent=1).encode()
+        "shuffle": self.opts.shuffle, "holdout": self.opts.holdout,
+        "dataset": self.fingerprint}, indent=1).encode()
 
   def set_state(self, state: bytes | str | dict) -> None:
     """Restores from get_state() output; refuses a state of another seed, batch or dataset."""
@@ -302,8 +335,9 @@ class BatchIterator:
       raise ValueError(f"data iterator state: format {state.get('format')!r} version "
                        f"{state.get('version')!r}, expected {_STATE_FORMAT!r} {_STATE_VERSION}")
     mine = json.loads(self.get_state())
-    for key in ("seed", "batch_size", "process_index", "process_count", "shuffle", "dataset"):
-      if state.get(key) != mine[key]:
+    for key in ("seed", "batch_size", "process_index", "process_count", "shuffle", "holdout",
+                "dataset"):
+      if state.get(key, 0 if key == "holdout" else None) != mine[key]:
         raise ValueError(f"data iterator state: {key} = {state.get(key)!r} in the checkpoint "
                          f"but {mine[key]!r} in this run; the batch order would differ")
     self.close()
@@ -339,6 +373,32 @@ def make_iterator(data_cfg: Any, *, seed: int, process_index: int = 0, process_c
   src = source_lib.LatentShardSource(opts.path, check_crc=opts.check_crc)
   return BatchIterator(src, opts, seed=seed, process_index=process_index,
                        process_count=process_count, batch_size=batch_size)
+
+
+def held_out_batches(data_cfg: Any, *, batch_size: int,
+                     max_batches: int | None = None) -> list[dict[str, np.ndarray]]:
+  """The held-out records (data.holdout) as batches (the Batches contract), fixed across runs:
+  grouped by bucket in index order, `batch_size` each (a bucket's last batch may be smaller);
+  at most `max_batches`. Empty when data.holdout is 0."""
+  opts = PipelineOptions.from_config(data_cfg)
+  if batch_size < 1:
+    raise ValueError(f"batch_size: must be >= 1, got {batch_size}")
+  if not opts.holdout:
+    return []
+  src = source_lib.LatentShardSource(opts.path, check_crc=opts.check_crc)
+  ds = src.dataset
+  idx = holdout_indices(len(ds), opts.holdout)
+  load = _LoadBatch(src, "fatal")
+  out = []
+  for b in range(len(ds.bucket_keys)):
+    members = idx[ds.bucket_of[idx] == b]
+    for lo in range(0, members.shape[0], batch_size):
+      if max_batches is not None and len(out) >= max_batches:
+        return out
+      batch = load(members[lo: lo + batch_size])
+      batch.pop(_BAD_KEY)
+      out.append(batch)
+  return out
 
 
 def checkpoint_save_args(it: BatchIterator):

@@ -18,7 +18,9 @@ Features (all keys fixed; arrays stored as raw little-endian bytes plus dtype an
   micro/<name>    int64  for name in MICRO_CONDITIONS (orig_height, orig_width, crop_top,
                          crop_left, stride, num_frames)
   caption, clip_id, source   bytes (utf-8);  span  float[2] (start, end seconds in the source)
+  caption_source  bytes  where the caption came from (sidecar, vlm, stub, ...); since 1.1
   bucket          bytes  "TxHxW" of the latents (the batch-shape key)
+Serialisation is deterministic (sorted map keys), so the same clip always gives the same bytes.
 """
 from __future__ import annotations
 
@@ -27,6 +29,8 @@ from typing import Any
 
 import ml_dtypes
 import numpy as np
+
+from stiv_jax.micro import MICRO_CONDITIONS
 
 try:
   from tensorflow_datasets.proto import tf_example_generated_pb2 as _example_pb2
@@ -37,11 +41,9 @@ except ImportError as e:  # pragma: no cover - tensorflow-datasets is a core dep
 Example = _example_pb2.Example
 
 SCHEMA_MAJOR = 1
-SCHEMA_MINOR = 0
+SCHEMA_MINOR = 1
 SCHEMA_VERSION = f"{SCHEMA_MAJOR}.{SCHEMA_MINOR}"
 
-# Same order as stiv_jax.models.embeddings.MICRO_CONDITIONS (the model's micro vector).
-MICRO_CONDITIONS = ("orig_height", "orig_width", "crop_top", "crop_left", "stride", "num_frames")
 
 STORAGE_DTYPES = {"float16": np.dtype(np.float16), "bfloat16": np.dtype(ml_dtypes.bfloat16),
                   "float32": np.dtype(np.float32)}
@@ -93,6 +95,7 @@ class ClipRecord:
   clip_id: str = ""
   source: str = ""
   span: tuple[float, float] = (0.0, 0.0)
+  caption_source: str = ""
   schema_version: str = SCHEMA_VERSION
 
   @property
@@ -103,6 +106,10 @@ class ClipRecord:
   def micro_vector(self) -> np.ndarray:
     """[6] float32 in MICRO_CONDITIONS order."""
     return np.array([self.micro[k] for k in MICRO_CONDITIONS], np.float32)
+
+  def micro_list(self) -> list[int]:
+    """The micro-conditions as ints in MICRO_CONDITIONS order (the index sidecar's form)."""
+    return [int(self.micro[k]) for k in MICRO_CONDITIONS]
 
 
 def _bytes(ex, key: str, value: bytes) -> None:
@@ -164,8 +171,9 @@ def encode_example(rec: ClipRecord, *, latents_dtype: str = "float16",
   _bytes(ex, "clip_id", rec.clip_id.encode("utf-8"))
   _bytes(ex, "source", rec.source.encode("utf-8"))
   _floats(ex, "span", rec.span)
+  _bytes(ex, "caption_source", rec.caption_source.encode("utf-8"))
   _bytes(ex, "bucket", bucket_key(latents.shape).encode())
-  return ex.SerializeToString()
+  return ex.SerializeToString(deterministic=True)
 
 
 def _get(feats, key: str, kind: str) -> Any:
@@ -217,11 +225,13 @@ def decode_example(data: bytes) -> ClipRecord:
   if bucket != bucket_key(lshape):
     raise SchemaError(f"bucket: {bucket!r} does not match latents_shape {lshape}")
   span = tuple(float(v) for v in _get(feats, "span", "float_list"))
+  source = feats["caption_source"].bytes_list.value if "caption_source" in feats else []
   return ClipRecord(latents=latents, text=text, text_mask=mask, pooled=pooled, micro=micro,
                     caption=_get(feats, "caption", "bytes_list")[0].decode("utf-8"),
                     clip_id=_get(feats, "clip_id", "bytes_list")[0].decode("utf-8"),
                     source=_get(feats, "source", "bytes_list")[0].decode("utf-8"),
-                    span=span, schema_version=version)
+                    span=span, caption_source=source[0].decode("utf-8") if source else "",
+                    schema_version=version)
 
 
 def to_example_arrays(rec: ClipRecord) -> dict[str, np.ndarray]:

@@ -14,6 +14,7 @@ from typing import Sequence
 
 import numpy as np
 
+from stiv_jax.data import contract as contract_lib
 from stiv_jax.data import schema as schema_lib
 from stiv_jax.data import writer as writer_lib
 
@@ -189,7 +190,9 @@ def write_synthetic_shards(output: str, *, num_videos: int, seed: int, vae, text
           **(metadata or {})}
   with writer_lib.ShardWriter(output, target_shard_bytes=target_shard_bytes,
                               latents_dtype=latents_dtype, text_dtype=text_dtype,
-                              metadata=meta, overwrite=overwrite) as w:
+                              metadata=meta, overwrite=overwrite,
+                              contract=contract_lib.encoders_record(vae, text_encoder),
+                              empty_prompt=text_encoder.encode_text([""])) as w:
     for lo in range(0, num_videos, chunk):
       ids = range(lo, min(lo + chunk, num_videos))
       clips = [(i, shard_clip_spec(seed, i, size=size, frames=frames,
@@ -204,5 +207,6 @@ def write_synthetic_shards(output: str, *, num_videos: int, seed: int, vae, text
             micro={"orig_height": size, "orig_width": size, "crop_top": 0, "crop_left": 0,
                    "stride": 1, "num_frames": n},
             caption=spec.scenes[0].caption, clip_id=f"synth-{seed}-{i:06d}",
-            source=f"synth://seed{seed}/video_{i:05d}", span=(0.0, n / fps)))
+            source=f"synth://seed{seed}/video_{i:05d}", span=(0.0, n / fps),
+            caption_source="synthetic"))
   return w.written_manifest

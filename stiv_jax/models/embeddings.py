@@ -8,10 +8,9 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from stiv_jax.micro import MICRO_CONDITIONS
 from stiv_jax.models import layers
 
-# Order of the micro-condition columns in the model's `micro` input [B, 6].
-MICRO_CONDITIONS = ("orig_height", "orig_width", "crop_top", "crop_left", "stride", "num_frames")
 
 
 def sinusoidal_embedding(x: jax.Array, dim: int, max_period: float = 10000.0) -> jax.Array:

@@ -172,8 +172,6 @@ def compile_step(config: Any, plan: Plan, topo: Topology, devices: list | None =
                  usable_fraction: float = 0.95) -> dict:
   """AOT lower + compile the train step for plan.compiled_mesh; returns the report dict."""
   import jax
-  import jax.numpy as jnp
-  from jax.sharding import NamedSharding, PartitionSpec as P
 
   from stiv_jax import sharding as shd
   from stiv_jax.models import flops as flops_lib
@@ -197,16 +195,10 @@ def compile_step(config: Any, plan: Plan, topo: Topology, devices: list | None =
 
   m, b = config.model, plan.compiled_batch
   length, dim = int(config.text.max_length), int(m.text_dim)
-  shapes = {"latents": ((b, m.num_frames, m.latent_height, m.latent_width, m.latent_channels),
-                        jnp.float32),
-            "text": ((b, length, dim), jnp.float32), "text_mask": ((b, length), jnp.bool_),
-            "pooled": ((b, dim), jnp.float32), "micro": ((b, 6), jnp.float32)}
-  batch_sh = {k: NamedSharding(mesh, shd.batch_spec(rules, len(s))) for k, (s, _) in shapes.items()}
-  batch = {k: jax.ShapeDtypeStruct(s, dt, sharding=batch_sh[k]) for k, (s, dt) in shapes.items()}
-  rep = NamedSharding(mesh, P())
-  null = {"text": jax.ShapeDtypeStruct((length, dim), jnp.float32, sharding=rep),
-          "text_mask": jax.ShapeDtypeStruct((length,), jnp.bool_, sharding=rep),
-          "pooled": jax.ShapeDtypeStruct((dim,), jnp.float32, sharding=rep)}
+  latent = (m.num_frames, m.latent_height, m.latent_width, m.latent_channels)
+  batch, batch_sh = step_lib.abstract_batch(step_lib.batch_shapes(b, latent, length, dim),
+                                            mesh, rules)
+  null = step_lib.abstract_null_text(length, dim, mesh)
 
   step_fn = step_lib.jit_train_step(config, graphdef, tx, shardings, batch_sh, mesh)
   t0 = time.perf_counter()

@@ -94,32 +94,91 @@ class _Preemption:
       signal.signal(signal.SIGTERM, self._old)
 
 
+def _check_contract(config: ml_collections.ConfigDict) -> tuple[dict[str, Any], list[str]]:
+  """The data's manifest, after holding the config to its latent contract (fills unset fields)."""
+  from stiv_jax.data import contract as contract_lib
+  from stiv_jax.data import reader
+  root, manifest = reader.load_manifest(config.data.path)
+  with config.unlocked():
+    notes = contract_lib.resolve_train_config(config, manifest, root)
+  return manifest, notes
+
+
+def _null_text(config: ml_collections.ConfigDict, manifest: dict[str, Any]) -> dict[str, Any]:
+  """The empty prompt's encoding: stored with the shards, else from the configured encoder."""
+  from stiv_jax.data import contract as contract_lib
+  from stiv_jax.data import reader
+  from stiv_jax.models.encoders.base import build_text_encoder
+  contract = manifest.get("contract")
+  stored = None
+  if contract:
+    root, _ = reader.load_manifest(config.data.path)
+    stored = contract_lib.load_empty_prompt(root, contract)
+  if stored is not None:
+    return {k: jax.numpy.asarray(v) for k, v in stored.items()}
+  return step_lib.null_text_arrays(build_text_encoder(config.text))
+
+
+class BucketSteps:
+  """One compiled train step per batch shape: ahead of time for the buckets the data serves
+  (train.compile_ahead), else on first sight; each compiled once and cached."""
+
+  def __init__(self, config: ml_collections.ConfigDict, graphdef: Any, tx: Any, shardings: Any,
+               mesh: Any, rules: Any):
+    self.config, self.graphdef, self.tx = config, graphdef, tx
+    self.shardings, self.mesh, self.rules = shardings, mesh, rules
+    self.compiled: dict[tuple[int, ...], Any] = {}
+    self.compile_s: dict[str, float] = {}
+    self.text_len, self.text_dim = int(config.text.max_length), int(config.model.text_dim)
+
+  def compile(self, state: Any, latent_shape: tuple[int, ...], null_text: Any) -> Any:
+    """The compiled step for global batches of `latent_shape` [T, H, W, C] latents."""
+    key = tuple(int(x) for x in latent_shape)
+    if key not in self.compiled:
+      b = int(self.config.data.batch_size)
+      batch, bshard = step_lib.abstract_batch(
+          step_lib.batch_shapes(b, key, self.text_len, self.text_dim), self.mesh, self.rules)
+      fn = step_lib.jit_train_step(self.config, self.graphdef, self.tx, self.shardings, bshard,
+                                   self.mesh)
+      t0 = time.perf_counter()
+      self.compiled[key] = fn.lower(state, batch, null_text).compile(
+          step_lib.compiler_options(self.config))
+      name = "x".join(map(str, key[:3]))
+      self.compile_s[name] = round(time.perf_counter() - t0, 2)
+      logging.info("compiled the train step for bucket %s in %.1fs", name, self.compile_s[name])
+    return self.compiled[key]
+
+  def __call__(self, state: Any, batch: dict[str, Any], null_text: Any) -> tuple[Any, Any]:
+    return self.compile(state, batch["latents"].shape[1:], null_text)(state, batch, null_text)
+
+
 def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
   """Trains until train.num_steps (or preemption); returns a summary dict."""
-  # ---- 1. Setup: config check, mesh, rules, writers.
+  # ---- 1. Setup: config and data contract checked before anything is written or compiled.
+  from stiv_jax.data import contract as contract_lib
   from stiv_jax.train import stages
   stages.prepare_config(config)
   validate_config(config)
+  manifest, notes = _check_contract(config)
   workdir = os.path.abspath(workdir)
-  os.makedirs(workdir, exist_ok=True)
-  ckpt_lib.save_config(workdir, config)
   shd.set_partitioner(config.mesh)
   mesh = shd.make_mesh(config.mesh)
   rules = shd.rules_from_config(config.mesh.rules)
   is_main = jax.process_index() == 0
-  writer = metrics_lib.Writer(workdir, tensorboard=config.metrics.tensorboard,
-                              jsonl=config.metrics.jsonl, enabled=is_main)
+  if is_main:
+    for note in notes:
+      print(f"Data contract: {note}", flush=True)
   logging.info("mesh %s over %d devices, %d processes", dict(mesh.shape), jax.device_count(),
                jax.process_count())
 
   # ---- 2. Data: this process's slice of every global batch.
   from stiv_jax.data import pipeline
-  from stiv_jax.models.encoders.base import build_text_encoder
   local_batch = config.data.batch_size // jax.process_count()
   data_iter = pipeline.make_iterator(config.data, seed=config.data.seed,
                                      process_index=jax.process_index(),
                                      process_count=jax.process_count(), batch_size=local_batch)
-  null_text = step_lib.null_text_arrays(build_text_encoder(config.text))
+  null_text = _null_text(config, manifest)
+  buckets = data_iter.trained_buckets()
 
   # ---- 3. Train state: resume, or fresh (optionally initialised from other stages).
   tx = opt_lib.make_optimizer(config.optimizer)
@@ -138,41 +197,51 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
       state, report = stages.init_from_sources(config, state, shardings)
       if is_main:
         print(report.summary(), flush=True)
+  if is_main:
+    ckpt_lib.save_config(workdir, config)
+    contract_lib.save_run_contract(workdir, contract_lib.run_contract(manifest,
+                                                                      config.data.path))
+  writer = metrics_lib.Writer(workdir, tensorboard=config.metrics.tensorboard,
+                              jsonl=config.metrics.jsonl, enabled=is_main)
   if is_main and latest is None:
     from clu import parameter_overview
     print(parameter_overview.get_parameter_overview(
         jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype),
                      nnx.to_pure_dict(state.params)), include_stats=False), flush=True)
 
-  # ---- 4. Compile the one jitted step (ahead of time, on the first batch's shapes).
-  first = next(data_iter)
-  batch = shd.shard_batch(first, mesh, rules)
-  bshard = shd.batch_shardings(first, mesh, rules)
-  train_fn = step_lib.jit_train_step(config, graphdef, tx, shardings, bshard, mesh)
-  t0 = time.perf_counter()
-  compiled = train_fn.lower(state, batch, null_text).compile(step_lib.compiler_options(config))
-  logging.info("compiled the train step in %.1fs", time.perf_counter() - t0)
-  _, num_frames, height, width, _ = first["latents"].shape
-  flops_per_step = metrics_lib.step_flops(config.model, config.data.batch_size, num_frames,
-                                          height, width, first["text"].shape[1])
-  tokens_per_ex = metrics_lib.tokens_per_example(config.model, num_frames, height, width)
+  # ---- 4. Compile: one step per bucket shape (ahead of time for every bucket the data serves).
+  steps_fn = BucketSteps(config, graphdef, tx, shardings, mesh, rules)
+  if config.train.compile_ahead:
+    for shape in buckets.values():
+      steps_fn.compile(state, shape, null_text)
+  text_len = int(config.text.max_length)
+  flops_of = {k: metrics_lib.step_flops(config.model, config.data.batch_size, *shape[:3],
+                                        text_len) for k, shape in buckets.items()}
+  tokens_of = {k: metrics_lib.tokens_per_example(config.model, *shape[:3])
+               for k, shape in buckets.items()}
   peak, peak_src = metrics_lib.peak_flops_per_device(config.metrics.peak_flops_per_device)
   logging.info("peak FLOP/s per device %.3g (%s)", peak, peak_src)
+  if is_main:
+    print(f"Buckets: {', '.join(f'{k} ({steps_fn.compile_s.get(k, 0.0)} s to compile)' for k in buckets)}",
+          flush=True)
 
   # ---- 5. The loop: dispatch step s, then fetch step s-1's metrics (one step in flight).
   step = int(jax.device_get(state.step))
   num_steps = int(config.train.num_steps)
   acc = metrics_lib.Accumulator()
+  per_bucket = metrics_lib.BucketTimes()
   pending = None
   wait = 0.0
-  interval_start, interval_steps = time.perf_counter(), 0
+  interval = metrics_lib.Interval()
   first_loss = last_loss = None
   stopped = "done"
+  batch = None
 
   def consume(item) -> None:
     nonlocal first_loss, last_loss
-    s, m = item
+    s, key, m = item
     host = jax.device_get(m)
+    per_bucket.tick(key)
     acc.update(host)
     if bool(host["finite"]):
       last_loss = float(host["loss"])
@@ -186,33 +255,33 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
           f"are saved in {ckpt.directory}/{s}")
 
   with _Preemption() as preemption:
+    per_bucket.start()
     while step < num_steps:
-      if batch is None:
-        t_wait = time.perf_counter()
-        batch = shd.shard_batch(next(data_iter), mesh, rules)
-        wait += time.perf_counter() - t_wait
-      state, m = compiled(state, batch, null_text)
-      batch = None
+      t_wait = time.perf_counter()
+      host_batch = next(data_iter)
+      batch = shd.shard_batch(host_batch, mesh, rules)
+      wait += time.perf_counter() - t_wait
+      key = "x".join(str(x) for x in host_batch["latents"].shape[1:4])
+      state, m = steps_fn(state, batch, null_text)
       step += 1
-      interval_steps += 1
+      interval.add(flops_of.get(key, 0.0), config.data.batch_size * tokens_of.get(key, 0),
+                   config.data.batch_size)
       if pending is not None:
         consume(pending)
-      pending = (step, m)
+      pending = (step, key, m)
 
       if step % config.metrics.every_steps == 0 or step == num_steps:
         consume(pending)
         pending = None
         jax.block_until_ready(state.step)
-        now = time.perf_counter()
         scalars = acc.compute()
-        scalars.update(metrics_lib.throughput(
-            steps=interval_steps, elapsed=now - interval_start, wait=wait,
-            global_batch=config.data.batch_size, tokens_per_ex=tokens_per_ex,
-            flops_per_step=flops_per_step, peak=peak))
+        scalars.update(interval.rates(wait=wait, peak=peak))
+        scalars.update(per_bucket.rates(flops_of, tokens_of, config.data.batch_size, peak))
         scalars.update(data_iter.metrics())
         writer.write(step, scalars)
         acc.reset()
-        interval_start, interval_steps, wait = time.perf_counter(), 0, 0.0
+        interval.reset()
+        wait = 0.0
 
       preempted = preemption.requested or ckpt.reached_preemption(step)
       if step % config.checkpoint.every_steps == 0 or step == num_steps or preempted:
@@ -229,7 +298,8 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
   writer.close()
   summary = {"step": step, "stopped": stopped, "first_loss": first_loss, "last_loss": last_loss,
              "checkpoints": ckpt.directory, "tensorboard": writer.tb_dir,
-             "metrics": writer.jsonl_path}
+             "metrics": writer.jsonl_path, "buckets": sorted(buckets),
+             "compile_s": dict(steps_fn.compile_s)}
   if is_main:
     print(f"Training {stopped} at step {step}: loss {first_loss} -> {last_loss}", flush=True)
     print(f"Checkpoints: {ckpt.directory}", flush=True)

@@ -141,15 +141,62 @@ class Writer:
       self.jsonl.close()
 
 
-def throughput(*, steps: int, elapsed: float, wait: float, global_batch: int,
-               tokens_per_ex: int, flops_per_step: float, peak: float) -> dict[str, float]:
-  """Rates over a report interval: steps/s, examples/s, tokens/s, TFLOP/s/device, MFU, wait."""
-  elapsed = max(elapsed, 1e-9)
-  sps = steps / elapsed
-  per_dev = flops_per_step * sps / jax.device_count()
-  out = {"steps_per_s": sps, "examples_per_s": sps * global_batch,
-         "tokens_per_s": sps * global_batch * tokens_per_ex,
-         "tflops_per_device": per_dev / 1e12, "input_wait_frac": wait / elapsed}
-  if peak > 0:
-    out["mfu"] = per_dev / peak
-  return out
+class Interval:
+  """Work done since the last report (FLOPs, tokens, examples summed over its steps, which may
+  come from different buckets) and the rates it gives."""
+
+  def __init__(self):
+    self.reset()
+
+  def reset(self) -> None:
+    self.start, self.steps, self.flops, self.tokens, self.examples = time.perf_counter(), 0, 0.0, 0, 0
+
+  def add(self, flops: float, tokens: int, examples: int) -> None:
+    self.steps += 1
+    self.flops += flops
+    self.tokens += tokens
+    self.examples += examples
+
+  def rates(self, *, wait: float, peak: float) -> dict[str, float]:
+    """steps/s, examples/s, tokens/s, TFLOP/s per device, MFU and the input-wait share."""
+    elapsed = max(time.perf_counter() - self.start, 1e-9)
+    per_dev = self.flops / elapsed / jax.device_count()
+    out = {"steps_per_s": self.steps / elapsed, "examples_per_s": self.examples / elapsed,
+           "tokens_per_s": self.tokens / elapsed, "tflops_per_device": per_dev / 1e12,
+           "input_wait_frac": wait / elapsed}
+    if peak > 0:
+      out["mfu"] = per_dev / peak
+    return out
+
+
+class BucketTimes:
+  """Per-bucket step time in steady state: with one step in flight, the gap between two metric
+  fetches is the run time of the step fetched second, credited to its bucket."""
+
+  def __init__(self):
+    self.seconds: dict[str, list[float]] = {}
+    self._last: float | None = None
+
+  def start(self) -> None:
+    self._last = time.perf_counter()
+
+  def tick(self, key: str) -> None:
+    now = time.perf_counter()
+    if self._last is not None:
+      self.seconds.setdefault(key, []).append(now - self._last)
+    self._last = now
+
+  def rates(self, flops_of: Mapping[str, float], tokens_of: Mapping[str, int], batch: int,
+            peak: float) -> dict[str, float]:
+    """bucket/<key>/{step_s, examples_per_s, mfu} (median step time since the last call)."""
+    out = {}
+    for key, times in self.seconds.items():
+      if not times:
+        continue
+      step_s = float(np.median(times))
+      out[f"bucket/{key}/step_s"] = step_s
+      out[f"bucket/{key}/examples_per_s"] = batch / step_s
+      if peak > 0 and key in flops_of:
+        out[f"bucket/{key}/mfu"] = flops_of[key] / step_s / jax.device_count() / peak
+    self.seconds = {k: [] for k in self.seconds}
+    return out

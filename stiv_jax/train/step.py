@@ -106,6 +106,38 @@ def train_step(config: Any, graphdef: nnx.GraphDef, tx: optax.GradientTransforma
   return new_state, metrics
 
 
+BATCH_KEYS = ("latents", "text", "text_mask", "pooled", "micro")
+
+
+def batch_shapes(batch_size: int, latent_shape: tuple[int, int, int, int], text_len: int,
+                 text_dim: int, num_micro: int = 6) -> dict[str, tuple[tuple[int, ...], Any]]:
+  """{key: (global shape, dtype)} of one batch of a bucket (latents [T, H, W, C])."""
+  return {"latents": ((batch_size, *latent_shape), jnp.float32),
+          "text": ((batch_size, text_len, text_dim), jnp.float32),
+          "text_mask": ((batch_size, text_len), jnp.bool_),
+          "pooled": ((batch_size, text_dim), jnp.float32),
+          "micro": ((batch_size, num_micro), jnp.float32)}
+
+
+def abstract_batch(shapes: dict[str, tuple[tuple[int, ...], Any]], mesh: Mesh,
+                   rules: shd.Rules) -> tuple[dict[str, jax.ShapeDtypeStruct],
+                                              dict[str, NamedSharding]]:
+  """(ShapeDtypeStructs with the batch shardings, the shardings) of `batch_shapes(...)`: what
+  the step is compiled for, ahead of time, per bucket."""
+  shardings = {k: NamedSharding(mesh, shd.batch_spec(rules, len(s))) for k, (s, _) in
+               shapes.items()}
+  return ({k: jax.ShapeDtypeStruct(s, dt, sharding=shardings[k]) for k, (s, dt) in
+           shapes.items()}, shardings)
+
+
+def abstract_null_text(text_len: int, text_dim: int, mesh: Mesh) -> dict[str, jax.ShapeDtypeStruct]:
+  """ShapeDtypeStructs of the (replicated) empty-prompt encoding the step takes."""
+  rep = NamedSharding(mesh, P())
+  return {"text": jax.ShapeDtypeStruct((text_len, text_dim), jnp.float32, sharding=rep),
+          "text_mask": jax.ShapeDtypeStruct((text_len,), jnp.bool_, sharding=rep),
+          "pooled": jax.ShapeDtypeStruct((text_dim,), jnp.float32, sharding=rep)}
+
+
 def null_text_arrays(text_encoder: Any) -> dict[str, jax.Array]:
   """The empty prompt's encoding ('text' [L, D], 'text_mask' [L], 'pooled' [D])."""
   tokens, mask, pooled = text_encoder.encode_text([""])

@@ -14,6 +14,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from stiv_jax.models.encoders import identity
 from stiv_jax.models.encoders import weights as W
 
 # Deprecated diffusers attention names (old checkpoints such as sd-vae-ft-ema) -> current ones.
@@ -324,7 +325,7 @@ class KLVideoAutoencoder:
 
   def __init__(self, model: AutoencoderKL, *, scaling_factor: float, shift_factor: float,
                batch_size: int = 8, sample: bool = False, seed: int = 0,
-               dtype: str = "float32"):
+               dtype: str = "float32", weights: dict | None = None):
     if dtype not in _DTYPES:
       raise ValueError(f"vae.dtype: {dtype!r} not supported; expected one of {list(_DTYPES)}")
     if batch_size < 1:
@@ -337,7 +338,9 @@ class KLVideoAutoencoder:
     self.shift_factor = float(shift_factor)
     self.batch_size = int(batch_size)
     self.sample = bool(sample)
+    self.dtype_name = dtype
     self.dtype = _DTYPES[dtype]
+    self.weights = weights  # identity.weights_identity record of the files it was loaded from
     graphdef, state = nnx.split(model)
     self._graphdef = graphdef
     self._state = jax.tree.map(lambda a: a.astype(self.dtype), state)
@@ -349,6 +352,12 @@ class KLVideoAutoencoder:
         graphdef, s, z, scaling=self.scaling_factor, shift=self.shift_factor,
         dtype=self.dtype))
     self._encode_jit, self._decode_jit = enc, dec
+
+  def identity(self) -> dict:
+    """The latent-contract record of this VAE (weights hash, sizes, factors applied)."""
+    return {"kind": "kl", "weights": self.weights, "spatial_factor": self.spatial_factor,
+            "latent_channels": self.latent_channels, "scaling_factor": self.scaling_factor,
+            "shift_factor": self.shift_factor, "sample": self.sample, "dtype": self.dtype_name}
 
   # -- validation ------------------------------------------------------------------------------
   def _check(self, x: np.ndarray, name: str, channels: int, factor: int) -> np.ndarray:
@@ -411,7 +420,8 @@ def load_vae(cfg) -> KLVideoAutoencoder:
   path = W.cfg_get(cfg, "path")
   if not path:
     raise ValueError("vae.path: required for vae.kind='kl' (diffusers folder or .safetensors)")
-  model = load_autoencoder_kl(path, W.cfg_get(cfg, "config"))
+  config_path = W.cfg_get(cfg, "config")
+  model = load_autoencoder_kl(path, config_path)
   scaling = W.cfg_get(cfg, "scaling_factor")
   shift = W.cfg_get(cfg, "shift_factor")
   return KLVideoAutoencoder(
@@ -421,4 +431,5 @@ def load_vae(cfg) -> KLVideoAutoencoder:
       batch_size=int(W.cfg_get(cfg, "batch_size", 8)),
       sample=bool(W.cfg_get(cfg, "sample", False)),
       seed=int(W.cfg_get(cfg, "seed", 0)),
-      dtype=W.cfg_get(cfg, "dtype", "float32"))
+      dtype=W.cfg_get(cfg, "dtype", "float32"),
+      weights=identity.weights_identity(path, [config_path] if config_path else []))

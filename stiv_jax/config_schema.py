@@ -1,0 +1,272 @@
+"""The config schema of `stiv-train`, `stiv-sample` and `stiv-prep`: every section, every field,
+one default each.
+
+Stage configs (experiments/configs/) start from `train_config()` and replace fields; the encode
+settings of the video pipeline (data_pipeline/config.py) use `vae_config` / `text_config` too, so
+a field means the same thing and has the same default everywhere. Fields whose default is None
+(`optional()`) are taken from elsewhere when unset: the VAE's scaling/shift factors from its own
+checkpoint at prep time and from the shards' latent contract at train time
+(stiv_jax/data/contract.py), which then records them in the run's config.
+
+Sections (`describe(train_config())` prints every field with its default):
+  seed          parameter init seed and the per-step randomness (t, noise, conditions)
+  model         the STIV DiT (model_config); latent [T, H, W, C] is the default bucket
+  vae, text     frozen encoders ('pixel'/'kl', 'hash'/'clip'/'t5'); checked against the shards
+  data          stiv_jax.data.pipeline.default_config() plus the GLOBAL batch_size and the seed
+  flow          t_sampler uniform | logit_normal (logit_mean, logit_std) | shifted (shift),
+                t_eps, mae_weight (MSE on MaskDiT-dropped tokens, 0 = off)
+  conditioning  tasks {task: weight} over none/first/first_k/first_last/every_other/
+                keyframe_stride/multiview (k, stride); text_dropout, image_dropout
+  optimizer     adafactor: lr, schedule constant|cosine (decay_steps, min_lr_ratio),
+                warmup_steps, beta1, beta2 (cap of the decay schedule), decay_pow, clip_norm,
+                update_clip, eps, min_dim_size_to_factor, multiply_by_parameter_scale,
+                weight_decay, ema_decay, ema_warmup
+  train         num_steps, max_bad_steps (stop after K non-finite in a row), fast_compile
+                (unoptimised XLA, quick compiles), compile_ahead (every bucket before step 1)
+  mesh          data/fsdp/tensor axis sizes (-1 = the rest); rules: logical -> mesh axes
+  checkpoint    every_steps, keep_last, keep_every (0 = off), async_save
+  metrics       every_steps, tensorboard, jsonl, peak_flops_per_device (0 = table/measured)
+  init          progressive init (stiv_jax/train/stages.py): sources (a tuple of
+                {path, include, exclude, use_ema}), rope_from_config, allow_missing
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import ml_collections
+from ml_collections import config_dict
+
+# name -> (blocks, hidden, heads); head dim is 64 at every paper size (STIV_SPEC.md section 1).
+MODEL_SIZES = {
+    "XL": (28, 1152, 18),
+    "XXL": (38, 1536, 24),
+    "M": (46, 3072, 48),
+    "demo": (4, 128, 2),   # CPU demo (make demo)
+    "small": (2, 64, 2),   # unit tests
+    "mid": (8, 512, 8),    # stiv-bench model / train-step
+}
+VAE_KINDS = ("pixel", "kl")
+TEXT_KINDS = ("hash", "clip", "t5")
+
+
+def optional(value: Any = None) -> config_dict.FieldReference:
+  """A field that may be None ('not set: take it from elsewhere'); `--config.x=None` works."""
+  return config_dict.FieldReference(value, field_type=object)
+
+
+def _apply(c: ml_collections.ConfigDict, overrides: dict[str, Any], section: str) -> None:
+  for k, v in overrides.items():
+    if k not in c:
+      raise ValueError(f"{section}.{k}: unknown field; expected one of {sorted(c.keys())}")
+    setattr(c, k, v)
+
+
+def model_config(size: str = "XL", **overrides) -> ml_collections.ConfigDict:
+  """The `model` section for a named size; keyword overrides replace fields."""
+  if size not in MODEL_SIZES:
+    raise ValueError(f"model size {size!r} unknown; expected one of {sorted(MODEL_SIZES)}")
+  depth, hidden, heads = MODEL_SIZES[size]
+  c = ml_collections.ConfigDict()
+  c.size = size
+  # Latent video the model sees (after the frozen VAE): frames, height, width, channels. With
+  # several shard buckets this is the default bucket (sampling size, compile plans).
+  c.latent_channels = 8
+  c.num_frames = 20          # latent frames at the base resolution (20 frames, stride 3)
+  c.latent_height = 32       # 256 px / VAE factor 8
+  c.latent_width = 32
+  c.patch_t = 2              # temporal patch ("cubify"); 1 for a pure image model
+  c.patch_s = 2              # spatial patch
+  c.patch_inflation = "mean"  # T2I -> T2V kernel inflation: 'mean' (copy / patch_t) or 'center'
+  # Transformer.
+  c.depth = depth
+  c.hidden = hidden
+  c.heads = heads
+  c.mlp_ratio = 4.0
+  c.mlp_activation = "gelu_tanh"
+  c.temporal_attention = True   # False: an image (T2I) model
+  c.cross_attention = True
+  c.qk_norm = True
+  c.sandwich_norm = True
+  c.norm_eps = 1e-6
+  # Conditioning.
+  c.text_dim = 1280          # text encoder width (the paper's CLIP-style tower: 1280)
+  c.freq_dim = 256           # sinusoidal embedding size of time and micro-conditions
+  c.micro_conditions = True
+  # RoPE: positions are multiplied by these factors (old_len / new_len to interpolate).
+  c.rope_theta = 10000.0
+  c.rope_scale_t = 1.0
+  c.rope_scale_s = 1.0
+  # MaskDiT.
+  c.mask_ratio = 0.5
+  c.mask_decoder_depth = 2
+  # Compute.
+  c.param_dtype = "float32"
+  c.dtype = "float32"        # compute dtype: 'float32' or 'bfloat16'
+  c.remat = "save_self_attn"  # none | full | save_self_attn | save_dots_no_batch
+  c.scan_blocks = True
+  c.attention_impl = "xla"   # jax.nn.dot_product_attention implementation: xla | cudnn | auto
+  _apply(c, overrides, "model")
+  return c
+
+
+def vae_config(kind: str = "pixel", **overrides) -> ml_collections.ConfigDict:
+  """The frozen VAE: 'pixel' stand-in (tests, demo; NOT a learned model) or 'kl' (a local
+  diffusers AutoencoderKL folder or .safetensors)."""
+  c = ml_collections.ConfigDict()
+  c.kind = kind
+  c.path = ""                # kl: diffusers folder or .safetensors ('' at train time: the shards')
+  c.config = ""              # kl: config.json when `path` is a bare .safetensors file
+  c.spatial_factor = 8       # pixel: pooling factor; kl: must equal the checkpoint's
+  c.latent_channels = 8      # pixel: channels (RGB + zeros); kl: must equal the checkpoint's
+  c.scaling_factor = optional()  # latents = (z - shift) * scaling; None: the checkpoint's (1 pixel)
+  c.shift_factor = optional()    # None: the checkpoint's (0 for pixel)
+  c.batch_size = 16          # frames per VAE call
+  c.sample = False           # kl: sample the posterior instead of its mean
+  c.seed = 0                 # kl: key of posterior samples
+  c.dtype = "float32"        # kl compute dtype: float32 | bfloat16
+  _apply(c, overrides, "vae")
+  return c
+
+
+# text.pooling=None means the kind's own: CLIP pools its EOS token (as CLIP was trained); T5
+# has no pooled output, so the mean over real tokens; the hash stand-in averages its words.
+TEXT_POOLING = ("eos", "mean")
+TEXT_DEFAULT_POOLING = {"hash": "mean", "clip": "eos", "t5": "mean"}
+
+
+def text_config(kind: str = "hash", **overrides) -> ml_collections.ConfigDict:
+  """The frozen text encoder: 'hash' stand-in (NOT a learned model), 'clip' (a CLIP-style
+  causal tower) or 't5' (a T5 v1.1 / mT5 / UMT5 encoder), from local files."""
+  c = ml_collections.ConfigDict()
+  c.kind = kind
+  c.path = ""                # clip/t5: transformers folder or .safetensors
+  c.config = ""              # config.json when `path` is a bare .safetensors file
+  c.tokenizer = ""           # '' = beside the weights (clip: tokenizer.json or vocab.json +
+                             # merges.txt; t5: spiece.model); or a SentencePiece .model,
+                             # a tokenizer.json, or a folder holding tokenizer files
+  c.dim = 1280               # width of the token embeddings (must equal model.text_dim)
+  c.max_length = 77          # tokens per caption, padded / truncated (special tokens kept)
+  c.pad_id = optional()      # None: the tokenizer's pad id
+  c.pooling = optional()     # eos | mean; None: TEXT_DEFAULT_POOLING[kind]
+  c.batch_size = 16          # captions per encoder call
+  c.dtype = "float32"        # compute dtype: float32 | bfloat16
+  _apply(c, overrides, "text")
+  return c
+
+
+# CPU presets with the stand-in encoders: (model size, latent frames, latent side, channels,
+# text width, text length, pixel-VAE factor). 'demo' is `make demo`'s model (64 px, 16 frames);
+# 'tiny' is the unit-test model (32 px, 4 frames). Stage configs' `local`/`tiny` runs and the
+# benchmarks use them too.
+CPU_PRESETS = {
+    "demo": ("demo", 16, 16, 4, 64, 16, 4),
+    "tiny": ("small", 4, 8, 4, 16, 8, 4),
+}
+
+
+def cpu_preset(name: str, **model_overrides) -> tuple[ml_collections.ConfigDict, ...]:
+  """(model, vae, text) sections of a CPU preset (stand-in encoders; remat off)."""
+  if name not in CPU_PRESETS:
+    raise ValueError(f"CPU preset {name!r} unknown; expected one of {sorted(CPU_PRESETS)}")
+  size, frames, side, channels, text_dim, text_len, factor = CPU_PRESETS[name]
+  model = model_config(size, **{
+      "num_frames": frames, "latent_height": side, "latent_width": side,
+      "latent_channels": channels, "text_dim": text_dim, "remat": "none", **model_overrides})
+  vae = vae_config("pixel", spatial_factor=factor, latent_channels=channels)
+  text = text_config("hash", dim=text_dim, max_length=text_len)
+  return model, vae, text
+
+
+def data_config(**overrides) -> ml_collections.ConfigDict:
+  """The `data` section: the input pipeline's fields plus the global batch and shuffle seed."""
+  from stiv_jax.data import pipeline
+  c = pipeline.default_config()
+  c.batch_size = 8           # GLOBAL batch; each process loads batch_size / process_count
+  c.seed = 0                 # shuffle seed (the epoch plan is a function of it)
+  _apply(c, overrides, "data")
+  return c
+
+
+def train_config() -> ml_collections.ConfigDict:
+  """Every section of a `stiv-train` config, with the paper's defaults (STIV_SPEC.md section 2)."""
+  from stiv_jax import sharding
+  c = ml_collections.ConfigDict()
+  c.seed = 0
+  c.model = model_config("XL")
+  c.vae = vae_config("pixel")
+  c.text = text_config("hash")
+  c.data = data_config()
+
+  c.flow = ml_collections.ConfigDict()
+  c.flow.t_sampler = "uniform"
+  c.flow.logit_mean = 0.0
+  c.flow.logit_std = 1.0
+  c.flow.shift = 1.0
+  c.flow.t_eps = 0.0
+  c.flow.mae_weight = 0.0
+
+  c.conditioning = ml_collections.ConfigDict()
+  c.conditioning.tasks = ml_collections.ConfigDict({"none": 0.5, "first": 0.5})  # STIV: T2V + TI2V
+  c.conditioning.k = 4
+  c.conditioning.stride = 2
+  c.conditioning.text_dropout = 0.1
+  c.conditioning.image_dropout = 0.08
+
+  c.optimizer = ml_collections.ConfigDict()
+  c.optimizer.name = "adafactor"
+  c.optimizer.lr = 2e-4
+  c.optimizer.schedule = "constant"
+  c.optimizer.warmup_steps = 1000
+  c.optimizer.decay_steps = 400_000
+  c.optimizer.min_lr_ratio = 0.0
+  c.optimizer.beta1 = 0.9
+  c.optimizer.beta2 = 0.999
+  c.optimizer.decay_pow = 0.8
+  c.optimizer.eps = 1e-30
+  c.optimizer.clip_norm = 1.0
+  c.optimizer.update_clip = 1.0
+  c.optimizer.min_dim_size_to_factor = 128
+  c.optimizer.multiply_by_parameter_scale = False
+  c.optimizer.weight_decay = 0.0
+  c.optimizer.ema_decay = 0.9999
+  c.optimizer.ema_warmup = False
+
+  c.train = ml_collections.ConfigDict()
+  c.train.num_steps = 400_000
+  c.train.max_bad_steps = 20
+  c.train.fast_compile = False  # True: XLA backend opt level 0 (quick compiles for tests/smoke)
+  c.train.compile_ahead = True  # compile every bucket's step before step 1 (else on first sight)
+
+  c.mesh = sharding.mesh_config(data=-1, fsdp=1, tensor=1)
+
+  c.checkpoint = ml_collections.ConfigDict()
+  c.checkpoint.every_steps = 1000
+  c.checkpoint.keep_last = 3
+  c.checkpoint.keep_every = 0
+  c.checkpoint.async_save = True
+
+  c.metrics = ml_collections.ConfigDict()
+  c.metrics.every_steps = 50
+  c.metrics.tensorboard = True
+  c.metrics.jsonl = True
+  c.metrics.peak_flops_per_device = 0.0   # 0: from the device table (CPU: measured matmul rate)
+
+  c.init = ml_collections.ConfigDict()
+  c.init.sources = ()           # ({'path', 'include', 'exclude', 'use_ema'}, ...) (stages.py)
+  c.init.rope_from_config = ""  # source workdir whose model sizes set the RoPE scale factors
+  c.init.allow_missing = ""     # regex of target params that may stay freshly initialised
+  return c
+
+
+def describe(config: ml_collections.ConfigDict, prefix: str = "") -> list[str]:
+  """'section.field = default' lines of every leaf field (for `stiv-train --help`)."""
+  lines = []
+  for key in sorted(config.keys()):
+    value = config[key]
+    name = f"{prefix}{key}"
+    if isinstance(value, ml_collections.ConfigDict) and key != "tasks":
+      lines.extend(describe(value, name + "."))
+    else:
+      shown = dict(value) if isinstance(value, ml_collections.ConfigDict) else value
+      lines.append(f"{name} = {shown!r}")
+  return lines
