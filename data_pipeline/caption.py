@@ -3,9 +3,15 @@
 - `SidecarCaptioner`: the captions that come with a dataset (`<video stem>.json` next to the
   video: {"caption": str}, or {"scenes" | "captions": [{"start"/"start_frame",
   "end"/"end_frame", "caption"}, ...]} with frame spans: the caption overlapping the clip most).
-- `VLMCaptioner`: a video-language model from a LOCAL weights folder through transformers'
-  `image-text-to-text` pipeline (frames given as images); never downloads anything.
-- `StubCaptioner`: deterministic text from the frames' mean color and motion, for tests.
+- `VLMCaptioner`: a vision-language model from a LOCAL transformers folder
+  (data_pipeline/models/hf.py: the clip's frames as images of one chat prompt); never
+  downloads anything.
+- `StubCaptioner`: deterministic text from the frames' mean color and motion (NOT a caption
+  of the content); only as the opted-in `caption.fallback = 'stub'`.
+
+A clip without a real caption is rejected (`no_caption`, the error names the video and what
+was tried) unless `caption.fallback` names a backend; every row records `caption_source`
+(sidecar | vlm | stub).
 """
 from __future__ import annotations
 
@@ -99,25 +105,17 @@ class SidecarCaptioner:
 
 
 class VLMCaptioner:
-  """A video-language model loaded from a local folder (transformers, local_files_only)."""
+  """A vision-language model loaded from a local folder (transformers, local_files_only)."""
 
   name = "vlm"
   needs_frames = True
 
   def __init__(self, path: str, max_new_tokens: int = 64):
-    if not path or not os.path.isdir(path):
-      raise ValueError(f"caption.vlm_path: {path!r} is not a local model folder")
-    from transformers import pipeline  # heavy; only when this backend is chosen
-    self.pipe = pipeline("image-text-to-text", model=path, model_kwargs={"local_files_only": True})
-    self.max_new_tokens = int(max_new_tokens)
+    from data_pipeline.models import hf
+    self.vlm = hf.LocalVLM(path, max_new_tokens, field="caption.vlm_path")
 
   def caption(self, frames, prompt, clip):
-    from PIL import Image
-    images = [Image.fromarray(np.asarray(f)) for f in frames]
-    content = [{"type": "image", "image": im} for im in images] + [{"type": "text", "text": prompt}]
-    out = self.pipe(text=[{"role": "user", "content": content}],
-                    max_new_tokens=self.max_new_tokens, return_full_text=False)
-    return str(out[0]["generated_text"]).strip()
+    return self.vlm.generate([list(frames)], [prompt])[0]
 
 
 class FallbackCaptioner:
@@ -129,7 +127,32 @@ class FallbackCaptioner:
     self.needs_frames = primary.needs_frames or fallback.needs_frames
 
   def caption(self, frames, prompt, clip):
-    return self.primary.caption(frames, prompt, clip) or self.fallback.caption(frames, prompt, clip)
+    return describe(self, frames, prompt, clip)[0]
+
+
+def describe(captioner, frames, prompt: str, clip: dict) -> tuple[str, str]:
+  """(caption, source backend name); '' when no backend gave one."""
+  if isinstance(captioner, FallbackCaptioner):
+    text = captioner.primary.caption(frames, prompt, clip).strip()
+    if text:
+      return text, captioner.primary.name
+    return captioner.fallback.caption(frames, prompt, clip).strip(), captioner.fallback.name
+  return captioner.caption(frames, prompt, clip).strip(), captioner.name
+
+
+def missing_reason(captioner, clip: dict, suffix: str) -> str:
+  """The one-line error of a clip no backend captioned: the video and what was tried."""
+  names = ([captioner.primary.name, captioner.fallback.name]
+           if isinstance(captioner, FallbackCaptioner) else [captioner.name])
+  tried = []
+  for n in names:
+    if n == "sidecar":
+      path = sidecar_path(clip["path"], suffix)
+      tried.append(f"sidecar {path} ({'no caption for this span' if os.path.exists(path) else 'missing'})")
+    else:
+      tried.append(f"{n} (empty caption)")
+  return (f"{clip.get('path')} [{clip.get('start')}, {clip.get('end')}): no caption; tried "
+          + ", ".join(tried) + "; set caption.fallback='stub' to accept stub captions")
 
 
 def _single(kind: str, ccfg) -> Captioner:
@@ -143,7 +166,7 @@ def _single(kind: str, ccfg) -> Captioner:
 
 
 def build_captioner(ccfg) -> Captioner:
-  """The captioner named by `caption.backend` (with `caption.fallback` when set)."""
+  """The captioner named by `caption.backend` (with `caption.fallback` when set: '' = none)."""
   primary = _single(ccfg.backend, ccfg)
   if ccfg.fallback and ccfg.fallback != ccfg.backend:
     return FallbackCaptioner(primary, _single(ccfg.fallback, ccfg))

@@ -2,7 +2,7 @@
 
 Backends: `KeywordClassifier` (offline rules: keyword lists per category, the default) and
 `LLMClassifier` (any `LLM` — `complete(prompt) -> text` — asked to answer with one category
-name; `LocalLLM` runs a causal LM from a local weights folder through transformers).
+name; `LocalLLM`, data_pipeline/models/hf.py, runs a causal LM from a local folder).
 """
 from __future__ import annotations
 
@@ -82,20 +82,7 @@ class LLMClassifier:
                           self.categories)
 
 
-class LocalLLM:
-  """A causal LM from a local weights folder (transformers text-generation, no downloads)."""
-
-  def __init__(self, path: str, max_new_tokens: int = 8):
-    if not path or not os.path.isdir(path):
-      raise ValueError(f"llm_path: {path!r} is not a local model folder")
-    from transformers import pipeline
-    self.pipe = pipeline("text-generation", model=path, model_kwargs={"local_files_only": True})
-    self.max_new_tokens = int(max_new_tokens)
-
-  def complete(self, prompt: str) -> str:
-    out = self.pipe(prompt, max_new_tokens=self.max_new_tokens, return_full_text=False,
-                    do_sample=False)
-    return str(out[0]["generated_text"])
+from data_pipeline.models.hf import LocalLLM  # noqa: E402  (re-exported: the causal-LM backend)
 
 
 def build_classifier(ccfg):
@@ -103,7 +90,8 @@ def build_classifier(ccfg):
   if ccfg.backend == "keyword":
     return KeywordClassifier(ccfg.categories)
   if ccfg.backend == "llm":
-    return LLMClassifier(LocalLLM(ccfg.llm_path, ccfg.llm_max_new_tokens), ccfg.categories)
+    return LLMClassifier(LocalLLM(ccfg.llm_path, ccfg.llm_max_new_tokens,
+                                  field="classify.llm_path"), ccfg.categories)
   raise ValueError(f"classify.backend: unknown backend {ccfg.backend!r}; expected keyword|llm")
 
 

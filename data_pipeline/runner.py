@@ -108,14 +108,32 @@ def stage_probe(input_dir: str, out_dir: str, cfg) -> dict:
 
 def stage_scenes(out_dir: str, cfg, with_features: bool = False) -> dict:
   videos = [r for r in mf.read_stage(out_dir, "probe") if stages.ok(r)]
-  worker = stages.ScenesWorker(cfg, with_features, stages.stage_dirs(out_dir)["clips"])
+  dirs = stages.stage_dirs(out_dir)
+  worker = stages.ScenesWorker(cfg, with_features, dirs["clips"], dirs["cuts"])
   rows, s = run_stage(worker, videos, out_dir, workers=cfg.run.workers,
                       progress=cfg.run.progress, name="analyze" if with_features else "scenes")
   if with_features:  # the fused path (one decode) writes both manifests
     mf.write_jsonl_atomic(mf.final_path(out_dir, "scenes"), rows)
     mf.write_jsonl_atomic(mf.final_path(out_dir, "features"), rows)
   s["videos_without_clips"] = len({v["id"] for v in videos} - {r["video_id"] for r in rows})
+  report = cuts_report(dirs["cuts"], videos, cfg.scenes)
+  mf.write_json_atomic(os.path.join(out_dir, "cuts_report.json"), report)
+  s["cuts_by_detector"] = report["cuts_by_detector"]
   return s
+
+
+def cuts_report(cuts_dir: str, videos: list[dict], scfg) -> dict:
+  """Per-video cuts (frame, seconds, detectors that found it) and counts per detector."""
+  per_video, counts = {}, collections.Counter()
+  for v in videos:
+    path = os.path.join(cuts_dir, f"{v['id']}.json")
+    if os.path.exists(path):
+      with open(path) as fh:
+        rec = json.load(fh)
+      per_video[v["relpath"]] = rec["cuts"]
+      counts.update(d for c in rec["cuts"] for d in c["detectors"])
+  return {"detectors": list(scfg.detectors), "combine": scfg.combine,
+          "cuts_by_detector": dict(sorted(counts.items())), "videos": per_video}
 
 
 def stage_features(out_dir: str, cfg) -> dict:

@@ -1,8 +1,14 @@
-"""Stage 2, scenes: single-shot spans from PySceneDetect's content and adaptive detectors.
+"""Stage 2, scenes: single-shot spans from shot-boundary detectors, combinable in config.
 
-Frames are pushed one at a time (decoded once, at the analysis resolution); spans are
-emitted as soon as no later cut can change them, so memory stays bounded by the longest
-clip. Spans are frame indices [start, end) with the video's exact rational fps. Black and
+Detectors (`scenes.detectors`): PySceneDetect's `content` (HSV/luma frame differences: hard
+cuts), `adaptive` (the same score against its rolling average), `threshold` (mean level
+through black: fades) and `transnetv2` (the TransNetV2 network, data_pipeline/models/
+transnetv2.py: hard cuts and gradual transitions; a transition of several frames gives a cut
+at each end, so the transition frames fall out of the clips). Their cuts are combined by
+union or intersection; every cut records which detectors found it (`attributed_cuts`).
+Frames are pushed one at a time (decoded once, at the analysis resolution, display
+geometry, indexed by presentation timestamp); spans are emitted as soon as no later cut can
+change them, so memory stays bounded by the longest clip. Spans are frame indices [start, end) with the video's exact rational fps. Black and
 fading frames are cut out of spans; shots longer than `max_clip_frames` are split into
 consecutive pieces of that length; pieces shorter than `min_clip_frames` are dropped.
 """
@@ -15,9 +21,9 @@ from typing import Iterable
 import cv2
 import numpy as np
 from scenedetect import FrameTimecode
-from scenedetect.detectors import AdaptiveDetector, ContentDetector
+from scenedetect.detectors import AdaptiveDetector, ContentDetector, ThresholdDetector
 
-from data_pipeline import video_io
+from stiv_jax import video_io
 
 
 class FrameScorer:
@@ -73,43 +79,103 @@ class _SharedAdaptive(AdaptiveDetector):
     return self._scorer.score
 
 
-def make_detectors(scfg, scorer: FrameScorer | None = None) -> list:
-  """PySceneDetect detectors named in `scfg.detectors`, thresholds from the config.
+DETECTORS = ("content", "adaptive", "threshold", "transnetv2")
 
-  With a `scorer`, the detectors share its per-frame score (computed once, not per detector).
+
+def make_detectors(scfg, scorer: FrameScorer | None = None) -> dict:
+  """PySceneDetect detectors named in `scfg.detectors` (name -> detector), config thresholds.
+
+  With a `scorer`, content and adaptive share its per-frame score (computed once). The
+  `transnetv2` name is accepted here and run by `TransNetV2Cuts`.
   """
-  out = []
+  out = {}
   for name in scfg.detectors:
     if name == "content":
       kw = dict(threshold=scfg.content_threshold, min_scene_len=int(scfg.min_scene_len),
                 luma_only=scfg.luma_only)
-      out.append(_SharedContent(scorer, **kw) if scorer else ContentDetector(**kw))
+      out[name] = _SharedContent(scorer, **kw) if scorer else ContentDetector(**kw)
     elif name == "adaptive":
       kw = dict(adaptive_threshold=scfg.adaptive_threshold,
                 min_scene_len=int(scfg.min_scene_len),
                 window_width=int(scfg.adaptive_window_width),
                 min_content_val=scfg.adaptive_min_content_val, luma_only=scfg.luma_only)
-      out.append(_SharedAdaptive(scorer, **kw) if scorer else AdaptiveDetector(**kw))
-    else:
-      raise ValueError(f"scenes.detectors: unknown detector {name!r}; expected content|adaptive")
-  if not out:
+      out[name] = _SharedAdaptive(scorer, **kw) if scorer else AdaptiveDetector(**kw)
+    elif name == "threshold":
+      out[name] = ThresholdDetector(threshold=scfg.fade_threshold,
+                                    min_scene_len=int(scfg.min_scene_len), fade_bias=0.0)
+    elif name != "transnetv2":
+      raise ValueError(f"scenes.detectors: unknown detector {name!r}; expected any of "
+                       f"{DETECTORS}")
+  if not scfg.detectors:
     raise ValueError("scenes.detectors: at least one detector is needed")
   return out
 
 
+class TransNetV2Cuts:
+  """Streaming TransNetV2 cuts: push analysis frames, get cut frame indices as they are final.
+
+  A run of frames [a, b] with transition probability above `transnetv2_threshold`: the next
+  shot starts at b + 1 (TransNetV2's own rule); a run of several frames (a gradual
+  transition) also ends the previous shot at a + 1, so its frames fall out of the clips.
+  """
+
+  LAG = 80  # frames between a frame's push and its last possible cut (75 + run end)
+
+  def __init__(self, scfg, predictor=None):
+    from data_pipeline.models import transnetv2 as tn
+    self.threshold = float(scfg.transnetv2_threshold)
+    self.stream = tn.TransNetV2Stream(predictor or tn.Predictor(),
+                                      batch=int(scfg.transnetv2_batch))
+    self.size = tn.INPUT_HW
+    self.pos, self.run_start = 0, None
+    self.probs: list[float] = []
+
+  def push(self, frame_bgr: np.ndarray) -> list[int]:
+    small = cv2.resize(frame_bgr, self.size[::-1], interpolation=cv2.INTER_AREA)[..., ::-1]
+    return self._cuts(self.stream.push(np.ascontiguousarray(small)))
+
+  def finish(self) -> list[int]:
+    return self._cuts(self.stream.finish())
+
+  def _cuts(self, probs: np.ndarray) -> list[int]:
+    out = []
+    for p in probs:
+      self.probs.append(float(p))
+      above = p > self.threshold
+      if above and self.run_start is None:
+        self.run_start = self.pos
+      elif above and self.pos == self.run_start + 1:
+        out.append(self.pos)  # a gradual transition: the previous shot ends here
+      elif not above and self.run_start is not None:
+        out.append(self.pos)  # the next shot starts after the run
+        self.run_start = None
+      self.pos += 1
+    return out
+
+
 def combine_cuts(per_detector: list[list[int]], mode: str, window: int) -> list[int]:
   """Union or intersection of several detectors' cut lists; cuts within `window` are one."""
-  if mode == "union":
-    merged: list[int] = []
-    for c in sorted(c for cuts in per_detector for c in cuts):
-      if not merged or c - merged[-1] > window:
-        merged.append(c)
-    return merged
+  named = {str(i): cuts for i, cuts in enumerate(per_detector)}
+  return [c["frame"] for c in attributed_cuts(named, mode, window)]
+
+
+def attributed_cuts(per_detector: dict[str, list[int]], mode: str, window: int) -> list[dict]:
+  """[{frame, detectors}]: the combined cuts, each with the detectors that found it (a cut
+  within `window` frames of another is the same cut; the earliest frame is kept)."""
+  if mode not in ("union", "intersection"):
+    raise ValueError(f"scenes.combine: unknown mode {mode!r}; expected union|intersection")
+  events = sorted((c, name) for name, cuts in per_detector.items() for c in set(cuts))
+  groups: list[dict] = []
+  for c, name in events:
+    if groups and c - groups[-1]["last"] <= window:
+      groups[-1]["last"] = c
+      groups[-1]["detectors"].add(name)
+    else:
+      groups.append({"frame": c, "last": c, "detectors": {name}})
+  out = [{"frame": g["frame"], "detectors": sorted(g["detectors"])} for g in groups]
   if mode == "intersection":
-    first, rest = per_detector[0], per_detector[1:]
-    return sorted(c for c in first
-                  if all(any(abs(c - o) <= window for o in other) for other in rest))
-  raise ValueError(f"scenes.combine: unknown mode {mode!r}; expected union|intersection")
+    out = [g for g in out if len(g["detectors"]) == len(per_detector)]
+  return out
 
 
 def split_segment(start: int, end: int, levels: np.ndarray, base: int,
@@ -149,15 +215,24 @@ def split_segment(start: int, end: int, levels: np.ndarray, base: int,
 
 
 class SceneSplitter:
-  """Streaming scene splitter: push frames in order, get finished spans (and their frames)."""
+  """Streaming scene splitter: push frames in order, get finished spans (and their frames).
 
-  def __init__(self, scfg, fps: fractions.Fraction, keep_frames: bool = False):
+  `transnet` is a `TransNetV2Cuts` (or a `models.transnetv2.Predictor` to build one from),
+  used when `scenes.detectors` names 'transnetv2'; built here when not given.
+  """
+
+  def __init__(self, scfg, fps: fractions.Fraction, keep_frames: bool = False,
+               transnet=None):
     self.cfg, self.fps, self.keep_frames = scfg, fractions.Fraction(fps), keep_frames
     self.scorer = FrameScorer(bool(scfg.luma_only))
     self.detectors = make_detectors(scfg, self.scorer)
-    self.cuts: list[list[int]] = [[] for _ in self.detectors]
+    self.transnet = None
+    if "transnetv2" in scfg.detectors:
+      self.transnet = (transnet if isinstance(transnet, TransNetV2Cuts)
+                       else TransNetV2Cuts(scfg, transnet))
+    self.cuts: dict[str, list[int]] = {name: [] for name in scfg.detectors}
     self.lag = max(int(scfg.min_scene_len), int(scfg.adaptive_window_width)) + 2 + int(
-        scfg.merge_window)
+        scfg.merge_window) + (TransNetV2Cuts.LAG if self.transnet else 0)
     self.base = 0           # first frame not yet emitted
     self.count = 0          # frames pushed
     self.levels: list[float] = []   # peak level per frame, from `base` on
@@ -172,8 +247,10 @@ class SceneSplitter:
     self.count += 1
     tc = self._timecode(idx)
     self.scorer.push(idx, frame_bgr)
-    for k, det in enumerate(self.detectors):
-      self.cuts[k].extend(int(c.frame_num) for c in det.process_frame(tc, frame_bgr))
+    for name, det in self.detectors.items():
+      self.cuts[name].extend(int(c.frame_num) for c in det.process_frame(tc, frame_bgr))
+    if self.transnet is not None:
+      self.cuts["transnetv2"].extend(self.transnet.push(frame_bgr))
     self.levels.append(self.scorer.level)
     if self.keep_frames:
       self.frames.append(frame_bgr)
@@ -187,17 +264,23 @@ class SceneSplitter:
     if self.count == 0:
       return []
     tc = self._timecode(self.count - 1)
-    for k, det in enumerate(self.detectors):
-      self.cuts[k].extend(int(c.frame_num) for c in det.post_process(tc))
+    for name, det in self.detectors.items():
+      self.cuts[name].extend(int(c.frame_num) for c in det.post_process(tc))
+    if self.transnet is not None:
+      self.cuts["transnetv2"].extend(self.transnet.finish())
     return self._flush(self.count)
+
+  def attributed_cuts(self) -> list[dict]:
+    """[{frame, detectors}]: the combined cuts so far, each with the detectors that found it."""
+    cuts = attributed_cuts(self.cuts, self.cfg.combine, int(self.cfg.merge_window))
+    return [c for c in cuts if 0 < c["frame"] < max(self.count, 1)]
 
   def all_cuts(self) -> list[int]:
     """The combined cut list so far (frame index of each new shot's first frame)."""
-    cuts = combine_cuts(self.cuts, self.cfg.combine, int(self.cfg.merge_window))
-    return [c for c in cuts if 0 < c < max(self.count, 1)]
+    return [c["frame"] for c in self.attributed_cuts()]
 
   def _cut_before(self, horizon: int) -> bool:
-    return any(self.base < c <= horizon for cuts in self.cuts for c in cuts)
+    return any(self.base < c <= horizon for cuts in self.cuts.values() for c in cuts)
 
   def _flush(self, horizon: int):
     out = []
@@ -229,53 +312,61 @@ def clip_id(vid: str, start: int, end: int) -> str:
 
 
 def clip_row(video_row: dict, start: int, end: int) -> dict:
-  """Manifest row of one clip: a (video, span) reference with the exact fps."""
+  """Manifest row of one clip: a (video, span) reference with the exact fps, display size,
+  rotation and sample aspect; seconds are presentation times of the span's frames."""
   fps = video_row["fps"]
   rate = video_io.fps_fraction(fps)
+  t0 = video_io.frame_seconds(video_row["path"], start)
+  t1 = video_io.frame_seconds(video_row["path"], end)
   return dict(id=clip_id(video_row["id"], start, end), video_id=video_row["id"],
               path=video_row["path"], relpath=video_row["relpath"], start=start, end=end,
-              num_frames=end - start, fps=fps, start_seconds=float(start / rate),
-              end_seconds=float(end / rate), height=video_row["display_height"],
-              width=video_row["display_width"], orientation=video_row["orientation"],
-              rotation=video_row.get("rotation", 0), reject=None)
+              num_frames=end - start, fps=fps,
+              start_seconds=float(start / rate) if t0 is None else t0,
+              end_seconds=float(end / rate) if t1 is None else t1,
+              height=video_row["display_height"], width=video_row["display_width"],
+              orientation=video_row["orientation"], rotation=video_row.get("rotation", 0),
+              sample_aspect=video_row.get("sample_aspect", [1, 1]), reject=None)
 
 
-def scenes_for_video(video_row: dict, scfg, size: tuple[int, int]) -> tuple[list[dict], list[int]]:
-  """Decodes one video at `size` and returns (clip rows, detected cuts)."""
-  splitter = SceneSplitter(scfg, video_io.fps_fraction(video_row["fps"]))
+def analysis_size_for(video_row: dict, short_side: int) -> tuple[int, int]:
+  """Analysis (h, w) of a video at display geometry (SAR and rotation applied)."""
+  return video_io.analysis_size(video_row["display_height"], video_row["display_width"],
+                                int(short_side))
+
+
+def scenes_for_video(video_row: dict, scfg, size: tuple[int, int],
+                     transnet=None) -> tuple[list[dict], list[int]]:
+  """Decodes one video at display size `size` and returns (clip rows, detected cuts)."""
+  splitter = SceneSplitter(scfg, video_io.fps_fraction(video_row["fps"]), transnet=transnet)
   spans = []
-  for _, frame in iter_bgr(video_row["path"], size):
+  for _, frame in iter_bgr(video_row, size):
     spans.extend(splitter.push(frame))
   spans.extend(splitter.finish())
   return [clip_row(video_row, s, e) for s, e, _ in spans], splitter.all_cuts()
 
 
-def iter_bgr(path: str, size: tuple[int, int],
-             interpolation: str = "AREA") -> Iterable[tuple[int, np.ndarray]]:
-  """All frames of a video as BGR uint8 at `size`: one decode, scaled in libswscale.
-
-  One VideoReformatter is reused for the whole video (PyAV's `frame.reformat` builds a new
-  scaler context per frame, which costs more than the decode at small sizes).
-  """
-  import av
-  from av.video.reformatter import VideoReformatter
-  reformatter = VideoReformatter()
-  with av.open(path) as container:
-    stream = container.streams.video[0]
-    stream.thread_type = "AUTO"
-    for i, frame in enumerate(container.decode(stream)):
-      yield i, reformatter.reformat(frame, width=size[1], height=size[0], format="bgr24",
-                                    interpolation=interpolation).to_ndarray()
+def iter_bgr(video_row: dict, size: tuple[int, int], start: int = 0,
+             end: int | None = None) -> Iterable[tuple[int, np.ndarray]]:
+  """Frames of a probed video as BGR uint8 at display size `size`, indexed by presentation
+  timestamp (the indices every later stage reads): one decode, scaled in libswscale."""
+  return video_io.iter_frames(video_row["path"], start, end, size,
+                              rotation=int(video_row.get("rotation", 0)),
+                              sample_aspect=video_row.get("sample_aspect"),
+                              pixel_format="bgr24")
 
 
 def cut_clip_to_file(row: dict, out_dir: str, codec: str) -> str:
-  """Writes a clip's frames to `<out_dir>/<clip id>.mp4` (when scenes.cut_to_files is set)."""
+  """Writes a clip's frames (display geometry) to `<out_dir>/<clip id>.mp4`
+  (when scenes.cut_to_files is set)."""
   os.makedirs(out_dir, exist_ok=True)
   path = os.path.join(out_dir, f"{row['id']}.mp4")
   if os.path.exists(path):
     return path
-  frames = np.stack([f for _, f in video_io.iter_frames(row["path"], row["start"], row["end"])])
+  frames = np.stack([f for _, f in video_io.iter_frames(
+      row["path"], row["start"], row["end"], rotation=int(row.get("rotation", 0)),
+      sample_aspect=row.get("sample_aspect"))])
   tmp = path + ".tmp.mp4"
-  video_io.write_video(tmp, frames, video_io.fps_fraction(row["fps"]), codec=codec)
+  video_io.write_mp4(tmp, frames, video_io.fps_fraction(row["fps"]), codec=codec,
+                     bits_per_pixel=4.0)
   os.replace(tmp, path)
   return path

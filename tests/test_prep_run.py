@@ -152,7 +152,8 @@ def test_cli_dispatch(tmp_path, capsys):
 
 
 def test_bench_prints_ratio(capsys):
-  from stiv_jax.bench import prep
-  prep.main(["--num-videos=2", "--size=64", "--frames=24", "--repeats=1", "--small-size=0"])
+  from data_pipeline.bench import prep
+  prep.main(["--num-videos=2", "--size=64", "--frames=24", "--repeats=1"])
   result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
   assert result["ratio"] > 0 and result["clips"] >= 2
+  assert {"decode", "cuts", "features", "encode"} <= set(result["stage_clips_per_s_per_core"])

@@ -23,7 +23,7 @@ def corpus(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def analysed(corpus):
-  cfg = config_lib.get_config()
+  cfg = config_lib.get_config("demo")  # the synthetic corpus's detector settings
   out = {}
   for rel in probe_lib.list_videos(corpus, cfg.run.video_extensions):
     row = probe_lib.probe_video(corpus, rel, cfg)
@@ -31,7 +31,7 @@ def analysed(corpus):
     with open(os.path.join(corpus, rel.replace(".mp4", ".json"))) as fh:
       truth = json.load(fh)
     clips, cuts = stages.analyze_video(row, cfg)
-    out[rel] = (row, truth, clips, cuts)
+    out[rel] = (row, truth, clips, [c["frame"] for c in cuts])
   return cfg, out
 
 
@@ -67,7 +67,7 @@ def test_fades_are_trimmed_and_clips_follow_shots(analysed):
 
 
 def test_split_segment_min_max_and_black():
-  scfg = config_lib.get_config().scenes
+  scfg = config_lib.get_config("demo").scenes
   scfg.min_clip_frames, scfg.max_clip_frames = 4, 10
   levels = np.full(40, 200.0)
   levels[20:23] = 0.0    # black frames split the shot
@@ -80,6 +80,9 @@ def test_split_segment_min_max_and_black():
 def test_combine_cuts():
   assert scenes_lib.combine_cuts([[10, 30], [11, 50]], "union", 1) == [10, 30, 50]
   assert scenes_lib.combine_cuts([[10, 30], [11, 50]], "intersection", 1) == [10]
+  assert scenes_lib.attributed_cuts({"content": [10, 30], "transnetv2": [11]}, "union", 1) == [
+      {"frame": 10, "detectors": ["content", "transnetv2"]},
+      {"frame": 30, "detectors": ["content"]}]
   with pytest.raises(ValueError, match="combine"):
     scenes_lib.combine_cuts([[1]], "xor", 1)
 
@@ -97,7 +100,7 @@ def test_long_shot_is_split_streaming(tmp_path):
 
 
 def test_probe_rejects_bad_files_and_reads_metadata(tmp_path):
-  cfg = config_lib.get_config()
+  cfg = config_lib.get_config("demo")
   bad = testvideos.write_broken_files(str(tmp_path))
   testvideos.standard_set(str(tmp_path))
   rows = {os.path.basename(p): probe_lib.probe_video(str(tmp_path), os.path.basename(p), cfg)

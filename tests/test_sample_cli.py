@@ -11,7 +11,8 @@ import pytest
 from experiments.configs import demo
 from stiv_jax import sample
 from stiv_jax import sharding as shd
-from stiv_jax.eval import synthetic, video_io
+from stiv_jax import video_io
+from stiv_jax.eval import synthetic
 from stiv_jax.train import checkpoint as ckpt_lib
 from stiv_jax.train import optimizer as opt_lib
 from stiv_jax.train import state as state_lib

@@ -19,7 +19,8 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from stiv_jax.eval import synthetic, video_io
+from stiv_jax import video_io
+from stiv_jax.eval import synthetic
 
 
 class EvalError(Exception):

@@ -15,7 +15,7 @@ import numpy as np
 from flax import nnx
 
 from stiv_jax import conditioning, flow, sampling
-from stiv_jax.eval import video_io
+from stiv_jax import video_io
 
 DEFAULT_PROMPTS = ("a red circle moving right", "a blue square moving up",
                    "a yellow triangle moving left", "a green circle moving down")

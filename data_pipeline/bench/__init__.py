@@ -1,0 +1,1 @@
+"""Benchmarks of the curation pipeline (registered under the `stiv_jax.benchmarks` entry points)."""
