@@ -134,9 +134,8 @@ def save_encoders(out_dir: str, vae, text_encoder) -> None:
   record = json.dumps(contract_lib.encoders_record(vae, text_encoder), sort_keys=True)
   writer_lib.atomic_write_text(os.path.join(d, ENCODERS_FILE), record)
   tokens, mask, pooled = text_encoder.encode_text([""])
-  tmp = os.path.join(d, f"{EMPTY_PROMPT_FILE}.tmp-{os.getpid()}.npz")
-  np.savez(tmp, tokens=tokens, mask=mask, pooled=pooled)
-  os.replace(tmp, os.path.join(d, EMPTY_PROMPT_FILE))
+  writer_lib.write_npz(os.path.join(d, EMPTY_PROMPT_FILE), tokens=tokens, mask=mask,
+                       pooled=pooled)
 
 
 def load_encoders(out_dir: str) -> tuple[dict | None, tuple | None]:

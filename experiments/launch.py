@@ -11,7 +11,7 @@ Targets:
 Each work unit gets its own workdir and a config dump under --xm_root/<experiment id>/wu<N>/.
   --sweep=optimizer.lr=1e-4,2e-4 --sweep=model.mask_ratio=0.5,0   cartesian product of trials
   --set=train.num_steps=10                                        one value for every unit
-  --dry_run                                                       print exactly what would run
+  --dry_run                              print exactly what would run; writes nothing
   --list=all                experiments under --xm_root; --list=ID: its work units and status
 """
 from __future__ import annotations
@@ -50,6 +50,7 @@ _IMAGE = flags.DEFINE_string("image", "", "gke/vertex: container image with stiv
 _ACCELERATOR = flags.DEFINE_string("accelerator", None, "gke/vertex: v5e-256, v5p-128, h100-16, "
                                    "... (default: config.stage.topology).")
 _NAMESPACE = flags.DEFINE_string("namespace", "default", "gke: Kubernetes namespace.")
+_VERBOSE = flags.DEFINE_bool("verbose", False, "Print the traceback of a user error too.")
 
 
 def _stiv_train_path() -> str:
@@ -74,6 +75,11 @@ def make_executor(target: str, config: Any, **opts):
   accelerator, namespace, execute (the launcher's flags of the same names)."""
   from experiments.launcher import executors as ex
   execute = bool(opts.get("execute", False))
+  required = {"tpu-vm": (("tpu_name", "the TPU VM's name"), ("zone", "its zone")),
+              "gke": (("image", "a container image with stiv_jax installed"),)}
+  for name, what in required.get(target, ()):
+    if not opts.get(name):
+      raise ValueError(f"--{name}: required for --target={target} ({what})")
   if target == "local":
     return ex.LocalProcess()
   if target == "tpu-vm":
@@ -111,7 +117,8 @@ def launch(config_spec: str, target: str, *, sweep: Sequence[str] = (), sets: Se
                                      target=target, dry_run=dry_run, echo=echo)
   experiment.set_num_trials(len(trials))
   echo(f"experiment {experiment.experiment_id} ({title}): {len(trials)} work unit(s), "
-       f"target {target}{' [dry run]' if dry_run else ''}; records in {experiment.dir}")
+       f"target {target}" + (" [dry run: nothing is written or run]" if dry_run
+                             else f"; records in {experiment.dir}"))
   with experiment:
     path = _stiv_train_path() if target == "local" else "stiv-train"
     [executable] = experiment.package([xm.Packageable(
@@ -188,6 +195,17 @@ def print_listing(xm_root: str, which: str, echo=print) -> None:
 def main(argv: Sequence[str]) -> None:
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+  try:
+    _main()
+  except (ValueError, FileNotFoundError) as e:   # a user error: one line, exit 2
+    if _VERBOSE.value:
+      import traceback
+      traceback.print_exc()
+    print(f"launch.py: error: {' '.join(str(e).split())}", file=sys.stderr)
+    sys.exit(2)
+
+
+def _main() -> None:
   if _LIST.present:
     print_listing(_XM_ROOT.value, _LIST.value or "")
     return
@@ -198,9 +216,20 @@ def main(argv: Sequence[str]) -> None:
                   title=_TITLE.value, dry_run=_DRY_RUN.value, image=_IMAGE.value,
                   accelerator=_ACCELERATOR.value)
     return
+  if _DRY_RUN.value:   # print what would run; write nothing (records go to a temp folder)
+    import shutil
+    import tempfile
+    tmp = tempfile.mkdtemp(prefix="stiv-xm-dry-run-")
+    try:
+      launch(_CONFIG.value, _TARGET.value, sweep=_SWEEP.value, sets=_SET.value,
+             workdir=_WORKDIR.value, xm_root=tmp, title=_TITLE.value, dry_run=True,
+             **_flag_opts())
+    finally:
+      shutil.rmtree(tmp, ignore_errors=True)
+    return
   launch(_CONFIG.value, _TARGET.value, sweep=_SWEEP.value, sets=_SET.value,
          workdir=_WORKDIR.value, xm_root=_XM_ROOT.value, title=_TITLE.value,
-         dry_run=_DRY_RUN.value, wait=_WAIT.value, **_flag_opts())
+         dry_run=False, wait=_WAIT.value, **_flag_opts())
 
 
 if __name__ == "__main__":

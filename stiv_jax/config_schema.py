@@ -17,10 +17,12 @@ Sections (`describe(train_config())` prints every field with its default):
                 t_eps, mae_weight (MSE on MaskDiT-dropped tokens, 0 = off)
   conditioning  tasks {task: weight} over none/first/first_k/first_last/every_other/
                 keyframe_stride/multiview (k, stride); text_dropout, image_dropout
-  optimizer     adafactor: lr, schedule constant|cosine (decay_steps, min_lr_ratio),
-                warmup_steps, beta1, beta2 (cap of the decay schedule), decay_pow, clip_norm,
-                update_clip, eps, min_dim_size_to_factor, multiply_by_parameter_scale,
-                weight_decay, ema_decay, ema_warmup
+  optimizer     name adafactor | adamw; lr, schedule constant|cosine (decay_steps,
+                min_lr_ratio), warmup_steps, beta1, beta2 (adafactor: cap of the decay
+                schedule; adamw: second-moment decay), clip_norm, weight_decay, ema_decay,
+                ema_warmup; adafactor: decay_pow, update_clip, eps, min_dim_size_to_factor,
+                factor_rule logical|shape|none (stiv_jax/train/optimizer.py),
+                multiply_by_parameter_scale; adamw: adam_eps
   train         num_steps, max_bad_steps (stop after K non-finite in a row), fast_compile
                 (unoptimised XLA, quick compiles), compile_ahead (every bucket before step 1)
   mesh          data/fsdp/tensor axis sizes (-1 = the rest); rules: logical -> mesh axes
@@ -28,6 +30,9 @@ Sections (`describe(train_config())` prints every field with its default):
   metrics       every_steps, tensorboard, jsonl, peak_flops_per_device (0 = table/measured)
   init          progressive init (stiv_jax/train/stages.py): sources (a tuple of
                 {path, include, exclude, use_ema}), rope_from_config, allow_missing
+  sampling      stiv_jax.sampling.SamplerConfig: solver, steps, schedule, shift, guidance...
+  eval          during-training evaluation every eval.every_steps (0 = off): val loss at fixed
+                t on the data.holdout records, a sample grid, synthetic_score
 """
 from __future__ import annotations
 
@@ -116,8 +121,8 @@ def vae_config(kind: str = "pixel", **overrides) -> ml_collections.ConfigDict:
   c.kind = kind
   c.path = ""                # kl: diffusers folder or .safetensors ('' at train time: the shards')
   c.config = ""              # kl: config.json when `path` is a bare .safetensors file
-  c.spatial_factor = 8       # pixel: pooling factor; kl: must equal the checkpoint's
-  c.latent_channels = 8      # pixel: channels (RGB + zeros); kl: must equal the checkpoint's
+  c.spatial_factor = optional()   # pixel: pooling factor (None: 8); kl: None = the checkpoint's
+  c.latent_channels = optional()  # pixel: RGB + zero channels (None: 4); kl: None = checkpoint's
   c.scaling_factor = optional()  # latents = (z - shift) * scaling; None: the checkpoint's (1 pixel)
   c.shift_factor = optional()    # None: the checkpoint's (0 for pixel)
   c.batch_size = 16          # frames per VAE call
@@ -187,6 +192,26 @@ def data_config(**overrides) -> ml_collections.ConfigDict:
   return c
 
 
+def sampling_config(**overrides) -> ml_collections.ConfigDict:
+  """The `sampling` section: stiv_jax.sampling.SamplerConfig's fields and defaults (the paper's:
+  Euler, 50 steps, JIT-CFG 7.5 with renormalisation); stiv-sample and the evaluations read it."""
+  import dataclasses
+  from stiv_jax import sampling
+  c = ml_collections.ConfigDict(dataclasses.asdict(sampling.SamplerConfig()))
+  _apply(c, overrides, "sampling")
+  return c
+
+
+def eval_config(**overrides) -> ml_collections.ConfigDict:
+  """The `eval` section: the during-training evaluation (stiv_jax.eval.during_training
+  .EvalConfig; every_steps 0 = off). Its held-out records are data.holdout."""
+  import dataclasses
+  from stiv_jax.eval.during_training import EvalConfig
+  c = ml_collections.ConfigDict(dataclasses.asdict(EvalConfig()))
+  _apply(c, overrides, "eval")
+  return c
+
+
 def train_config() -> ml_collections.ConfigDict:
   """Every section of a `stiv-train` config, with the paper's defaults (STIV_SPEC.md section 2)."""
   from stiv_jax import sharding
@@ -226,6 +251,8 @@ def train_config() -> ml_collections.ConfigDict:
   c.optimizer.clip_norm = 1.0
   c.optimizer.update_clip = 1.0
   c.optimizer.min_dim_size_to_factor = 128
+  c.optimizer.factor_rule = "logical"   # logical (T5X-style axes) | shape (optax) | none
+  c.optimizer.adam_eps = 1e-8           # adamw only
   c.optimizer.multiply_by_parameter_scale = False
   c.optimizer.weight_decay = 0.0
   c.optimizer.ema_decay = 0.9999
@@ -255,6 +282,9 @@ def train_config() -> ml_collections.ConfigDict:
   c.init.sources = ()           # ({'path', 'include', 'exclude', 'use_ema'}, ...) (stages.py)
   c.init.rope_from_config = ""  # source workdir whose model sizes set the RoPE scale factors
   c.init.allow_missing = ""     # regex of target params that may stay freshly initialised
+
+  c.sampling = sampling_config()
+  c.eval = eval_config()
   return c
 
 

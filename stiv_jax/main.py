@@ -2,11 +2,14 @@
 
 Multi-process runs: set JAX_COORDINATOR_ADDRESS, JAX_NUM_PROCESSES and JAX_PROCESS_ID (or pass
 --distributed to let jax.distributed.initialize() auto-detect a TPU pod / SLURM / GKE job).
+A user error (a bad field, data that does not fit the config, no usable checkpoint) ends with
+one line `stiv-train: error: ...` and exit status 2; --verbose adds the traceback.
 """
 from __future__ import annotations
 
 import os
 import sys
+import traceback
 
 from absl import app, flags, logging
 from ml_collections import config_flags
@@ -16,8 +19,22 @@ _CONFIG = config_flags.DEFINE_config_file("config", None, "Path to a config file
 _WORKDIR = flags.DEFINE_string("workdir", None, "Run directory (checkpoints, logs, config.json).")
 _DISTRIBUTED = flags.DEFINE_bool("distributed", False,
                                  "Call jax.distributed.initialize() with auto-detection.")
+_VERBOSE = flags.DEFINE_bool("verbose", False, "Print the traceback of a user error too.")
 
 _ENV = ("JAX_COORDINATOR_ADDRESS", "JAX_NUM_PROCESSES", "JAX_PROCESS_ID")
+EXIT_USER_ERROR = 2
+EXIT_NON_FINITE = 3
+
+HELP = """usage: stiv-train --config=experiments/configs/FILE.py[:ARG] --workdir=DIR [--config.SECTION.FIELD=VALUE ...]
+
+Trains (or resumes from DIR's newest good checkpoint). Every field below can be set from the
+command line, e.g. --config.data.path=/data/shards --config.optimizer.lr=1e-4
+--config.vae.scaling_factor=None (None: take it from the data) --config.init.sources='()'
+(tuples as Python literals). Stage configs take an argument: SIZE[,local|tiny][,root=PATH].
+Other flags: --distributed (jax.distributed auto-detect), --verbose (tracebacks of user errors).
+
+Config fields and their defaults (stiv_jax/config_schema.py; stage configs replace some):
+"""
 
 
 def maybe_initialize_distributed(auto: bool = False) -> None:
@@ -33,13 +50,26 @@ def maybe_initialize_distributed(auto: bool = False) -> None:
     jax.distributed.initialize()
 
 
+def user_errors() -> tuple[type[BaseException], ...]:
+  """Exceptions that mean 'the input is wrong' (printed as one line), not a bug."""
+  from stiv_jax.train import checkpoint as ckpt_lib
+  from stiv_jax.train import loop
+  return (ValueError, FileNotFoundError, FileExistsError, ckpt_lib.CheckpointError,
+          loop.DataError)
+
+
+def fail(message: str) -> None:
+  print(f"stiv-train: error: {message}", file=sys.stderr, flush=True)
+  sys.exit(EXIT_USER_ERROR)
+
+
 def main(argv) -> None:
   if len(argv) > 1:
-    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    fail(f"unexpected arguments {argv[1:]}; fields are set as --config.SECTION.FIELD=VALUE")
   if _CONFIG.value is None:
-    raise app.UsageError("--config is required (e.g. --config=experiments/configs/demo.py)")
+    fail("--config is required (e.g. --config=experiments/configs/demo.py)")
   if not _WORKDIR.value:
-    raise app.UsageError("--workdir is required")
+    fail("--workdir is required (the run's folder: checkpoints, logs, config)")
   if not flags.FLAGS["verbosity"].present:
     logging.set_verbosity(logging.WARNING)  # orbax logs every save at INFO
   maybe_initialize_distributed(_DISTRIBUTED.value)
@@ -47,17 +77,44 @@ def main(argv) -> None:
   try:
     loop.train(_CONFIG.value, _WORKDIR.value)
   except loop.NonFiniteError as e:
-    logging.error("%s", e)
-    print(f"ERROR: {e}", file=sys.stderr, flush=True)
-    sys.exit(3)
+    print(f"stiv-train: error: {e}", file=sys.stderr, flush=True)
+    sys.exit(EXIT_NON_FINITE)
+  except user_errors() as e:
+    if _VERBOSE.value:
+      traceback.print_exc()
+    fail(" ".join(str(e).split("\n")))
+
+
+def help_text() -> str:
+  """The usage line, how to override a field, and every field with its default."""
+  from stiv_jax import config_schema
+  return HELP + "\n".join("  " + line for line in config_schema.describe(
+      config_schema.train_config()))
 
 
 def run() -> None:
   """Console-script entry point (stiv-train)."""
+  if any(a in ("-h", "--help") for a in sys.argv[1:]):
+    print(help_text())
+    sys.exit(0)
   # Config files import `experiments.configs...`: make the working directory importable.
   if os.getcwd() not in sys.path:
     sys.path.insert(0, os.getcwd())
-  app.run(main)
+  app.run(main, flags_parser=parse_flags)
+
+
+def parse_flags(argv: list[str]) -> list[str]:
+  """absl flag parsing with a bad --config file or --config.x override as one line, exit 2."""
+  try:
+    return flags.FLAGS(argv)
+  except flags.Error as e:
+    text = str(e).strip().splitlines()
+    flag = text[0].split(":")[0] if text else "flags"
+    fail(f"{flag}: {text[-1].strip()}" if len(text) > 1 else " ".join(str(e).split()))
+  except (AttributeError, KeyError) as e:   # --config.a.b=v naming a field that does not exist
+    bad = [a.split("=")[0] for a in argv if a.startswith("--config.")]
+    fail(f"{' / '.join(bad)}: no such config field ({e}); `stiv-train --help` lists the fields")
+  return []
 
 
 if __name__ == "__main__":

@@ -127,14 +127,25 @@ class TaskRunner:
   """Runs any task with a sampler, the frozen encoders and the model's latent geometry."""
 
   def __init__(self, sample_fn: Callable[..., np.ndarray], text_encoder: Any, vae: Any,
-               model_cfg: Any, *, frame_stride: float = 1.0, first_k: int = 4,
+               model_cfg: Any, *, frame_stride: float | None = None, first_k: int = 4,
                keyframe_stride: float = 20.0, resize: bool = False,
-               resize_fn: Callable[[np.ndarray, int, int], np.ndarray] | None = None):
-    """sample_fn(cond, null, seed=, progress=, noise_offset=) -> latents [B, T, h, w, C]."""
+               resize_fn: Callable[[np.ndarray, int, int], np.ndarray] | None = None,
+               micro_defaults: dict[str, float] | None = None,
+               latent_size: tuple[int, int] | None = None):
+    """sample_fn(cond, null, seed=, progress=, noise_offset=) -> latents [B, T, h, w, C].
+
+    micro_defaults: original size, crop and stride of what training saw (the latent
+    contract's bucket statistics, stiv_jax.data.contract.bucket_micro); without them the
+    micro-conditions say "uncropped, at the sampling resolution, stride 1". latent_size:
+    (h, w) latents to sample (a trained bucket); default the model's.
+    """
     self.sample_fn = sample_fn
     self.text_encoder = text_encoder
     self.vae = vae
     self.cfg = model_cfg
+    self.micro_defaults = dict(micro_defaults or {})
+    if frame_stride is None:
+      frame_stride = self.micro_defaults.get("stride", 1.0)
     self.frame_stride = float(frame_stride)
     self.first_k = int(first_k)
     self.keyframe_stride = float(keyframe_stride)
@@ -144,7 +155,9 @@ class TaskRunner:
       resize_fn = resize_frames
     self.resize_fn = resize_fn
     f = int(vae.spatial_factor)
-    self.height, self.width = int(model_cfg.latent_height) * f, int(model_cfg.latent_width) * f
+    self.latent_hw = tuple(int(x) for x in (latent_size or (model_cfg.latent_height,
+                                                           model_cfg.latent_width)))
+    self.height, self.width = self.latent_hw[0] * f, self.latent_hw[1] * f
     if int(vae.latent_channels) != int(model_cfg.latent_channels):
       raise TaskError(f"vae.latent_channels={vae.latent_channels} does not match "
                       f"model.latent_channels={model_cfg.latent_channels}")
@@ -167,8 +180,11 @@ class TaskRunner:
     return frames.reshape((b, t) + frames.shape[1:])
 
   def micro(self, batch: int, num_frames: int, stride: float | None = None) -> np.ndarray:
-    """[B, 6] micro-conditions: full-frame crop at the model resolution, the frame stride."""
-    row = np.array([self.height, self.width, 0, 0,
+    """[B, 6] micro-conditions (MICRO_CONDITIONS order): original size and crop from the
+    defaults (else the sampling resolution, uncropped), the frame stride, the frame count."""
+    d = self.micro_defaults
+    row = np.array([d.get("orig_height", self.height), d.get("orig_width", self.width),
+                    d.get("crop_top", 0.0), d.get("crop_left", 0.0),
                     self.frame_stride if stride is None else stride, num_frames], np.float32)
     return np.tile(row, (batch, 1))
 
@@ -189,7 +205,7 @@ class TaskRunner:
     given: [n_given, h, w, C] shared by the batch, or [B, n_given, h, w, C] per sample.
     """
     b, t = len(prompts), int(mask.shape[0])
-    h, w, c = int(self.cfg.latent_height), int(self.cfg.latent_width), int(self.cfg.latent_channels)
+    (h, w), c = self.latent_hw, int(self.cfg.latent_channels)
     cond_latents = np.zeros((b, t, h, w, c), np.float32)
     idx = np.nonzero(mask)[0]
     if idx.size:

@@ -158,7 +158,7 @@ def stage_config(
                        f"{frame_stride}" + (" (images)" if image else ""))
   c.stage.prep_command = ""
   c.model = schema.model_config(a.size)
-  c.vae = schema.vae_config("kl", latent_channels=8)
+  c.vae = schema.vae_config("kl", spatial_factor=8, latent_channels=8)  # the paper's VAE
   c.text = schema.text_config("clip", dim=1280, max_length=77)
   topology = DEFAULT_TOPOLOGY[a.size]
 

@@ -145,12 +145,7 @@ def resolve_vae(vae_cfg: Any, recorded: Mapping[str, Any], where: str,
     raise ContractError(f"vae.kind: the config says {vae_cfg.kind!r} but the latents at {where} "
                         f"were made with {recorded['kind']!r}; set --config.vae.kind="
                         f"{recorded['kind']}")
-  for field in ("spatial_factor", "latent_channels"):
-    if int(vae_cfg[field]) != int(recorded[field]):
-      raise ContractError(f"vae.{field}: the config says {vae_cfg[field]} but the latents at "
-                          f"{where} have {recorded[field]}; set --config.vae.{field}="
-                          f"{recorded[field]}")
-  for field in ("scaling_factor", "shift_factor"):
+  for field in ("spatial_factor", "latent_channels", "scaling_factor", "shift_factor"):
     _resolve_factor(vae_cfg, "vae", field, recorded[field], where, notes)
   if recorded["kind"] == "kl":
     if bool(vae_cfg.sample) != bool(recorded.get("sample", False)):
@@ -209,6 +204,11 @@ def resolve_train_config(config: Any, manifest: Mapping[str, Any], where: str,
                         f"than this reader's {CONTRACT_VERSION}")
   notes += resolve_vae(config.vae, contract["vae"], where, check_files)
   notes += resolve_text(config.text, contract["text"], where, check_files)
+  if int(config.model.latent_channels) != int(config.vae.latent_channels):
+    raise ContractError(f"model.latent_channels: the config says {config.model.latent_channels}"
+                        f" but the VAE that made {where} has {config.vae.latent_channels} "
+                        f"channels; set --config.model.latent_channels="
+                        f"{config.vae.latent_channels}")
   return notes
 
 

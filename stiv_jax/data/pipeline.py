@@ -48,7 +48,7 @@ BATCH_KEYS = ("latents", "text", "text_mask", "pooled", "micro")
 _BAD_KEY = "_bad_records"
 _STATE_FORMAT = "stiv_jax.data.pipeline"
 _STATE_VERSION = 1
-BAD_RECORD_POLICIES = ("fatal", "skip")
+BAD_RECORD_POLICIES = ("fail", "skip")
 HOLDOUT_SEED = 20_241_210  # fixed: the held-out split does not move with data.seed
 
 
@@ -62,7 +62,7 @@ def default_config() -> ml_collections.ConfigDict:
   c.worker_buffer_size = 2     # batches buffered per worker process
   c.read_threads = 1           # threads per process reading/decoding batches
   c.prefetch = 2               # batches prefetched per process by those threads
-  c.bad_records = "fatal"      # 'fatal' (raise naming file and offset) | 'skip' (count, refill)
+  c.bad_records = "fail"       # 'fail' (stop naming file and offset) | 'skip' (count, log, refill)
   c.check_crc = True           # verify record CRCs on every read
   c.holdout = 0                # records held out of training (validation), fixed by HOLDOUT_SEED
   return c
@@ -79,7 +79,7 @@ class PipelineOptions:
   worker_buffer_size: int = 2
   read_threads: int = 1
   prefetch: int = 2
-  bad_records: str = "fatal"
+  bad_records: str = "fail"
   check_crc: bool = True
   holdout: int = 0
 
@@ -208,9 +208,12 @@ class _LoadBatch:
     for i in indices:
       try:
         examples.append(schema_lib.to_example_arrays(self.src.decode(int(i))))
-      except (tfrecord.TFRecordError, schema_lib.SchemaError):
-        if self.policy == "fatal":
+      except (tfrecord.TFRecordError, schema_lib.SchemaError) as e:
+        if self.policy == "fail":
           raise
+        path, offset = self.src.dataset.location(int(i))
+        print(f"data.bad_records='skip': skipped record {int(i)} at {path} byte offset "
+              f"{offset}: {str(e).splitlines()[0]}", file=sys.stderr, flush=True)
         examples.append(None)
         bad += 1
     good = [e for e in examples if e is not None]
@@ -327,19 +330,28 @@ class BatchIterator:
         "shuffle": self.opts.shuffle, "holdout": self.opts.holdout,
         "dataset": self.fingerprint}, indent=1).encode()
 
-  def set_state(self, state: bytes | str | dict) -> None:
-    """Restores from get_state() output; refuses a state of another seed, batch or dataset."""
+  def check_state(self, state: bytes | str | dict) -> dict:
+    """The parsed state if this iterator can continue it; ValueError naming the field and both
+    values when it was made with another seed, batch, process layout, holdout or dataset."""
     if isinstance(state, (bytes, str)):
       state = json.loads(state)
     if state.get("format") != _STATE_FORMAT or state.get("version") != _STATE_VERSION:
       raise ValueError(f"data iterator state: format {state.get('format')!r} version "
                        f"{state.get('version')!r}, expected {_STATE_FORMAT!r} {_STATE_VERSION}")
     mine = json.loads(self.get_state())
-    for key in ("seed", "batch_size", "process_index", "process_count", "shuffle", "holdout",
-                "dataset"):
+    fields = {"seed": "data.seed", "batch_size": "the per-process batch (data.batch_size)",
+              "process_index": "the process index", "process_count": "the process count",
+              "shuffle": "data.shuffle", "holdout": "data.holdout",
+              "dataset": "the dataset (shard list and checksums)"}
+    for key, name in fields.items():
       if state.get(key, 0 if key == "holdout" else None) != mine[key]:
-        raise ValueError(f"data iterator state: {key} = {state.get(key)!r} in the checkpoint "
+        raise ValueError(f"data iterator state: {name} is {state.get(key)!r} in the checkpoint "
                          f"but {mine[key]!r} in this run; the batch order would differ")
+    return state
+
+  def set_state(self, state: bytes | str | dict) -> None:
+    """Restores from get_state() output; refuses a state of another seed, batch or dataset."""
+    state = self.check_state(state)
     self.close()
     self.next_step = int(state["next_step"])
     self.bad_records = int(state["bad_records"])
@@ -377,9 +389,9 @@ def make_iterator(data_cfg: Any, *, seed: int, process_index: int = 0, process_c
 
 def held_out_batches(data_cfg: Any, *, batch_size: int,
                      max_batches: int | None = None) -> list[dict[str, np.ndarray]]:
-  """The held-out records (data.holdout) as batches (the Batches contract), fixed across runs:
-  grouped by bucket in index order, `batch_size` each (a bucket's last batch may be smaller);
-  at most `max_batches`. Empty when data.holdout is 0."""
+  """The held-out records (data.holdout) as batches, fixed across runs: the Batches contract
+  plus 'caption' [B] (str), grouped by bucket in index order, `batch_size` each (a bucket's
+  last batch may be smaller), at most `max_batches`. Empty when data.holdout is 0."""
   opts = PipelineOptions.from_config(data_cfg)
   if batch_size < 1:
     raise ValueError(f"batch_size: must be >= 1, got {batch_size}")
@@ -388,15 +400,16 @@ def held_out_batches(data_cfg: Any, *, batch_size: int,
   src = source_lib.LatentShardSource(opts.path, check_crc=opts.check_crc)
   ds = src.dataset
   idx = holdout_indices(len(ds), opts.holdout)
-  load = _LoadBatch(src, "fatal")
   out = []
   for b in range(len(ds.bucket_keys)):
     members = idx[ds.bucket_of[idx] == b]
     for lo in range(0, members.shape[0], batch_size):
       if max_batches is not None and len(out) >= max_batches:
         return out
-      batch = load(members[lo: lo + batch_size])
-      batch.pop(_BAD_KEY)
+      records = [src.decode(int(i)) for i in members[lo: lo + batch_size]]
+      examples = [schema_lib.to_example_arrays(r) for r in records]
+      batch = {k: np.stack([e[k] for e in examples]) for k in BATCH_KEYS}
+      batch["caption"] = np.asarray([r.caption for r in records])
       out.append(batch)
   return out
 

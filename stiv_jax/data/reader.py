@@ -178,11 +178,19 @@ def validate_dataset(path: str) -> dict[str, Any]:
   """Checks manifest, index checksums, every record CRC, offset and schema; raises at the first
   problem (TFRecordError / SchemaError / DatasetError naming file and byte offset)."""
   ds = open_dataset(path)
+  contract = ds.manifest.get("contract") or {}
+  text = contract.get("text") or {}
+  text_shape = (int(text["max_length"]), int(text["dim"])) if text else None
+  micro_of: dict[int, list[int]] = {}
   for s, shard in enumerate(ds.manifest["shards"]):
     index_path = os.path.join(ds.root, shard["index"])
     crc = writer_lib.file_crc32c(index_path)
     if crc != shard["index_crc32c"]:
       raise DatasetError(f"{index_path}: checksum {crc} != manifest {shard['index_crc32c']}")
+    with open(index_path) as f:
+      rows = json.load(f).get("micro")
+    if rows:
+      micro_of.update(zip((int(i) for i in np.nonzero(ds.shard_of == s)[0]), rows))
     in_shard = np.nonzero(ds.shard_of == s)[0]
     shard_path = ds.shard_paths[s]
     file_crc, k = 0, 0
@@ -194,7 +202,9 @@ def validate_dataset(path: str) -> dict[str, Any]:
         raise DatasetError(f"{shard_path}: record {k} at byte offset {offset} (length "
                            f"{len(data)}), index says offset {ds.offsets[i]} "
                            f"length {ds.lengths[i]}")
-      ds.decode(int(i))  # schema + bucket check, names file and offset
+      rec = ds.decode(int(i))  # schema + bucket check, names file and offset
+      _check_record(rec, ds, text_shape, shard_path, offset, micro_of.get(int(i)))
+      text_shape = text_shape or tuple(rec.text.shape)
       file_crc = _crc_frame(file_crc, data)
       k += 1
     if k != len(in_shard):
@@ -205,6 +215,23 @@ def validate_dataset(path: str) -> dict[str, Any]:
   ds.close()
   return {"path": ds.root, "num_records": len(ds), "num_shards": len(ds.shard_paths),
           "buckets": ds.bucket_counts(), "schema_version": ds.manifest["schema_version"]}
+
+
+def _check_record(rec: schema_lib.ClipRecord, ds: ShardedDataset, text_shape, path: str,
+                  offset: int, micro: list[int] | None) -> None:
+  """A decoded record against what the manifest and index promise (exact latent shape with
+  channels, one text shape for the whole dataset (the contract's), the indexed micro values)."""
+  where = f"{path}: record at byte offset {offset}"
+  want = tuple(ds.bucket_shapes[rec.bucket])
+  if tuple(rec.latents.shape) != want:
+    raise DatasetError(f"{where}: latents {list(rec.latents.shape)} but the manifest and index "
+                       f"say bucket {rec.bucket} is {list(want)}")
+  if text_shape is not None and tuple(rec.text.shape) != tuple(text_shape):
+    raise DatasetError(f"{where}: text embeddings {list(rec.text.shape)} but the dataset's "
+                       f"(contract or first record) are {list(text_shape)}")
+  if micro is not None and rec.micro_list() != [int(v) for v in micro]:
+    raise DatasetError(f"{where}: micro-conditions {rec.micro_list()} but the index says "
+                       f"{micro}")
 
 
 def _crc_frame(crc: int, data: bytes) -> int:

@@ -208,12 +208,23 @@ def write_empty_prompt(output_dir: str, arrays: tuple[Any, Any, Any]) -> dict[st
   -> its manifest entry {'file', 'crc32c'}."""
   tokens, mask, pooled = (np.asarray(a) for a in arrays)
   path = os.path.join(output_dir, EMPTY_PROMPT_NAME)
-  tmp = f"{path}.tmp-{os.getpid()}.npz"
-  np.savez(tmp, text=tokens.reshape(tokens.shape[-2:]).astype(np.float32),
-           text_mask=mask.reshape(mask.shape[-1:]).astype(bool),
-           pooled=pooled.reshape(pooled.shape[-1:]).astype(np.float32))
-  os.replace(tmp, path)
+  write_npz(path, text=tokens.reshape(tokens.shape[-2:]).astype(np.float32),
+            text_mask=mask.reshape(mask.shape[-1:]).astype(bool),
+            pooled=pooled.reshape(pooled.shape[-1:]).astype(np.float32))
   return {"file": EMPTY_PROMPT_NAME, "crc32c": file_crc32c(path)}
+
+
+def write_npz(path: str, **arrays: np.ndarray) -> None:
+  """An .npz (np.load reads it) with fixed timestamps, so equal arrays give equal bytes; atomic."""
+  import io
+  import zipfile
+  tmp = f"{path}.tmp-{os.getpid()}"
+  with zipfile.ZipFile(tmp, "w", zipfile.ZIP_STORED) as z:
+    for name, a in sorted(arrays.items()):
+      buf = io.BytesIO()
+      np.lib.format.write_array(buf, np.asarray(a), allow_pickle=False)
+      z.writestr(zipfile.ZipInfo(f"{name}.npy", date_time=(1980, 1, 1, 0, 0, 0)), buf.getvalue())
+  os.replace(tmp, path)
 
 
 def write_manifest(output_dir: str, *, metadata: dict[str, Any] | None = None,

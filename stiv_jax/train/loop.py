@@ -1,11 +1,15 @@
 """The training loop, in sections (big_vision style): setup, data, state, compile, loop, finish.
 
-`train(config, workdir)` resumes from the workdir's latest checkpoint when there is one, saves on
-SIGTERM (preemption) before returning, and stops after `train.max_bad_steps` non-finite updates
-in a row with a checkpoint of the last good parameters.
+`train(config, workdir)` checks the config and its data's latent contract, then resumes from the
+workdir's newest good checkpoint that this config can continue (damaged ones are skipped with a
+one-line reason and moved aside), and only then writes to the workdir. It compiles one step per
+batch shape (bucket), saves on SIGTERM (preemption) before returning, stops after
+`train.max_bad_steps` non-finite updates in a row and on a data fault, each time with a
+checkpoint of the last good step.
 """
 from __future__ import annotations
 
+import json
 import math
 import os
 import signal
@@ -31,6 +35,10 @@ class NonFiniteError(RuntimeError):
   """Raised after too many non-finite updates in a row (a checkpoint was saved first)."""
 
 
+class DataError(RuntimeError):
+  """The input pipeline failed mid-run (a checkpoint of the last good step was saved first)."""
+
+
 def validate_config(config: ml_collections.ConfigDict, num_devices: int | None = None,
                     process_count: int | None = None) -> None:
   """Checks every section before anything compiles; raises ValueError naming the field."""
@@ -46,9 +54,13 @@ def validate_config(config: ml_collections.ConfigDict, num_devices: int | None =
   ckpt_lib.validate_checkpoint_config(config.checkpoint)
   if config.model.text_dim != config.text.dim:
     raise ValueError(f"model.text_dim={config.model.text_dim} != text.dim={config.text.dim}")
-  if config.model.latent_channels != config.vae.latent_channels:
+  if config.vae.latent_channels is not None and (
+      config.model.latent_channels != config.vae.latent_channels):
     raise ValueError(f"model.latent_channels={config.model.latent_channels} != "
                      f"vae.latent_channels={config.vae.latent_channels}")
+  if config.data.batch_size < 1:
+    raise ValueError(f"data.batch_size: must be >= 1 (the global batch), got "
+                     f"{config.data.batch_size}")
   if config.train.num_steps < 1:
     raise ValueError(f"train.num_steps: must be >= 1, got {config.train.num_steps}")
   if config.train.max_bad_steps < 1:
@@ -180,16 +192,26 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
   null_text = _null_text(config, manifest)
   buckets = data_iter.trained_buckets()
 
-  # ---- 3. Train state: resume, or fresh (optionally initialised from other stages).
+  # ---- 3. Train state: resume (newest good, compatible checkpoint), or fresh.
+  from stiv_jax.train import resume as resume_lib
   tx = opt_lib.make_optimizer(config.optimizer)
   make_model = lambda: state_lib.build_model(config.model, config.seed)  # noqa: E731
   ckpt = ckpt_lib.Checkpointer(workdir, config.checkpoint)
-  latest = ckpt.latest_step()
-  if latest is not None:
+  restored = None
+  if ckpt.all_steps():
     graphdef, target, shardings = state_lib.abstract_train_state(make_model, tx, mesh, rules)
-    state = ckpt.restore(latest, target, data_iter)
-    logging.info("resumed from %s/%d", ckpt.directory, latest)
-    print(f"Resumed from checkpoint step {latest} in {ckpt.directory}", flush=True)
+
+    def check(step: int) -> None:
+      where = ckpt.step_dir(step)
+      saved = ckpt_lib.config_of_step(workdir, ckpt, step)
+      resume_lib.check_state_structure(saved, config, target, where)
+      resume_lib.check_data_state(where, data_iter)
+
+    restored = ckpt.restore_latest_good(target, data_iter, check=check,
+                                        on_skip=lambda line: print(line, flush=True))
+    state = restored.state
+    logging.info("resumed from %s/%d", ckpt.directory, restored.step)
+    print(f"Resumed from checkpoint step {restored.step} in {ckpt.directory}", flush=True)
   else:
     graphdef, state, shardings = state_lib.create_train_state(
         make_model, tx, mesh, rules, step_lib.compiler_options(config))
@@ -197,13 +219,21 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
       state, report = stages.init_from_sources(config, state, shardings)
       if is_main:
         print(report.summary(), flush=True)
+
+  # Everything is checked: from here on the workdir changes.
+  if restored is not None and restored.skipped:
+    for path in ckpt.quarantine([s for s, _ in restored.skipped]):
+      print(f"Moved the skipped checkpoint aside: {path}", flush=True)
+  start_step = restored.step if restored is not None else 0
+  run_record = contract_lib.run_contract(manifest, config.data.path)
   if is_main:
-    ckpt_lib.save_config(workdir, config)
-    contract_lib.save_run_contract(workdir, contract_lib.run_contract(manifest,
-                                                                      config.data.path))
+    ckpt_lib.save_config(workdir, config, start_step=start_step)
+    contract_lib.save_run_contract(workdir, run_record)
+  meta = {"config": json.loads(ckpt_lib.config_json(config)), "contract": run_record,
+          "start_step": start_step}
   writer = metrics_lib.Writer(workdir, tensorboard=config.metrics.tensorboard,
                               jsonl=config.metrics.jsonl, enabled=is_main)
-  if is_main and latest is None:
+  if is_main and restored is None:
     from clu import parameter_overview
     print(parameter_overview.get_parameter_overview(
         jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype),
@@ -247,7 +277,7 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
       last_loss = float(host["loss"])
       first_loss = last_loss if first_loss is None else first_loss
     if int(host["bad_streak"]) >= config.train.max_bad_steps:
-      ckpt.save(s, state, data_iter, force=True)
+      ckpt.save(s, state, data_iter, meta, force=True)
       ckpt.wait()
       raise NonFiniteError(
           f"{int(host['bad_streak'])} non-finite updates in a row at step {s} "
@@ -258,7 +288,17 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     per_bucket.start()
     while step < num_steps:
       t_wait = time.perf_counter()
-      host_batch = next(data_iter)
+      try:
+        host_batch = next(data_iter)
+      except Exception as e:  # a data fault: keep every finished step, then stop
+        if pending is not None:
+          consume(pending)
+        ckpt.save(step, state, data_iter, meta, force=True)
+        ckpt.wait()
+        raise DataError(f"data error before step {step + 1}: {ckpt_lib.one_line(e)}; the last "
+                        f"good step {step} is saved in {ckpt.directory}. Fix or remove the "
+                        "bad shard (stiv-shards validate names it) or set "
+                        "--config.data.bad_records=skip, then rerun to resume") from e
       batch = shd.shard_batch(host_batch, mesh, rules)
       wait += time.perf_counter() - t_wait
       key = "x".join(str(x) for x in host_batch["latents"].shape[1:4])
@@ -285,7 +325,7 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
 
       preempted = preemption.requested or ckpt.reached_preemption(step)
       if step % config.checkpoint.every_steps == 0 or step == num_steps or preempted:
-        ckpt.save(step, state, data_iter, force=True)
+        ckpt.save(step, state, data_iter, meta, force=True)
       if preempted:
         stopped = "preempted"
         break

@@ -30,27 +30,75 @@ class TextEncoder(Protocol):
   def encode_text(self, captions: Sequence[str]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """-> (tokens [B, L, D] float32, mask [B, L] bool, pooled [B, D] float32)."""
 
+  def token_lengths(self, captions: Sequence[str]) -> list[int]:
+    """Untruncated token counts with special tokens (> max_length: the caption is cut)."""
+
+  def identity(self) -> dict:
+    """The latent-contract record (JSON-able; stored in the shard manifest)."""
+
+
+def vae_section(cfg) -> "ml_collections.ConfigDict":
+  """A complete `vae` section: the schema's defaults (config_schema.vae_config) replaced by the
+  fields `cfg` sets (a ConfigDict or dict); an unknown field is an error."""
+  from stiv_jax import config_schema
+  fields = cfg.to_dict() if hasattr(cfg, "to_dict") else dict(cfg)
+  kind = fields.pop("kind", "pixel")
+  if kind not in config_schema.VAE_KINDS:
+    raise ValueError(f"vae.kind: unknown encoder kind {kind!r}; expected one of "
+                     f"{list(config_schema.VAE_KINDS)}")
+  return config_schema.vae_config(kind, **fields)
+
 
 def build_vae(cfg) -> VideoAutoencoder:
-  """Builds the VAE named by `cfg.kind` ('pixel' stand-in or 'kl' from local weights)."""
-  kind = cfg.get("kind", "pixel")
-  if kind == "pixel":
+  """Builds the VAE of a `vae` section: the 'pixel' stand-in or 'kl' from local weights; sizes
+  the section sets (spatial_factor, latent_channels) must equal the built VAE's."""
+  cfg = vae_section(cfg)
+  if cfg.kind == "pixel":
     from stiv_jax.models.encoders.standins import PixelSpaceVAE
-    return PixelSpaceVAE(spatial_factor=cfg.get("spatial_factor", 8),
-                         latent_channels=cfg.get("latent_channels", 4))
-  if kind == "kl":
-    from stiv_jax.models.encoders import vae as vae_lib  # real AutoencoderKL (encoders issue)
-    return vae_lib.load_vae(cfg)
-  raise ValueError(f"vae.kind: unknown encoder kind {kind!r}; expected 'pixel' or 'kl'")
+    given = {k: cfg[k] for k in ("spatial_factor", "latent_channels", "scaling_factor",
+                                 "shift_factor") if cfg[k] is not None}
+    vae = PixelSpaceVAE(**given)
+  else:
+    from stiv_jax.models.encoders import vae as vae_lib
+    vae = vae_lib.load_vae(cfg)
+  for field in ("spatial_factor", "latent_channels"):
+    if cfg[field] is not None and int(getattr(vae, field)) != int(cfg[field]):
+      raise ValueError(f"vae.{field}: the config says {cfg[field]} but the VAE at "
+                       f"{cfg.path!r} has {getattr(vae, field)}; set --config.vae.{field}="
+                       f"{getattr(vae, field)}")
+  return vae
+
+
+def text_section(cfg) -> "ml_collections.ConfigDict":
+  """A complete `text` section: the schema's defaults (config_schema.text_config) for its kind,
+  replaced by the fields `cfg` sets (a ConfigDict or dict); an unknown field is an error."""
+  from stiv_jax import config_schema
+  fields = cfg.to_dict() if hasattr(cfg, "to_dict") else dict(cfg)
+  kind = fields.pop("kind", "hash")
+  if kind not in config_schema.TEXT_KINDS:
+    raise ValueError(f"text.kind: unknown encoder kind {kind!r}; expected one of "
+                     f"{list(config_schema.TEXT_KINDS)}")
+  return config_schema.text_config(kind, **fields)
 
 
 def build_text_encoder(cfg) -> TextEncoder:
-  """Builds the text encoder named by `cfg.kind` ('hash' stand-in or 'clip' from local weights)."""
-  kind = cfg.get("kind", "hash")
-  if kind == "hash":
+  """Builds the text encoder of a `text` section: the 'hash' stand-in, or 'clip' / 't5' from
+  local weights; the built encoder's width must equal `text.dim`."""
+  from stiv_jax import config_schema
+  cfg = text_section(cfg)
+  if cfg.pooling is None:
+    cfg.pooling = config_schema.TEXT_DEFAULT_POOLING[cfg.kind]
+  if cfg.pooling not in config_schema.TEXT_POOLING:
+    raise ValueError(f"text.pooling: unknown pooling {cfg.pooling!r}; expected one of "
+                     f"{list(config_schema.TEXT_POOLING)} or None (the kind's default)")
+  if cfg.kind == "hash":
     from stiv_jax.models.encoders.standins import HashTextEncoder
-    return HashTextEncoder(dim=cfg.get("dim", 64), max_length=cfg.get("max_length", 16))
-  if kind == "clip":
-    from stiv_jax.models.encoders import text as text_lib  # real CLIP + T5 tokenizer
-    return text_lib.load_text_encoder(cfg)
-  raise ValueError(f"text.kind: unknown encoder kind {kind!r}; expected 'hash' or 'clip'")
+    return HashTextEncoder(dim=int(cfg.dim), max_length=int(cfg.max_length),
+                           pooling=cfg.pooling)
+  from stiv_jax.models.encoders import text as text_lib
+  encoder = text_lib.load_text_encoder(cfg)
+  if encoder.dim != int(cfg.dim):
+    raise ValueError(f"text.dim: the config says {cfg.dim} but the encoder at {cfg.path} has "
+                     f"width {encoder.dim}; set --config.text.dim={encoder.dim} and "
+                     f"--config.model.text_dim={encoder.dim}")
+  return encoder
