@@ -26,6 +26,7 @@ def synthetic_corpus_settings(c: ml_collections.ConfigDict) -> None:
   s.content_threshold = 12.0
   s.adaptive_min_content_val = 10.0
   s.merge_window = 1
+  s.min_scene_len = 8
   c.features.ocr_backend = "proxy"  # no text in the synthetic corpus; keeps the demo CPU-cheap
 
 
@@ -62,7 +63,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   s.fade_threshold = 12.0         # ThresholdDetector: mean level (0..255) below which = black
   s.transnetv2_threshold = 0.5    # transition probability above which a frame is a transition
   s.transnetv2_batch = 1          # 100-frame windows per TransNetV2 call
-  s.min_scene_len = 8             # frames between detected cuts (detector setting)
+  s.min_scene_len = 5             # frames between detected cuts (test.mp4 has a 7-frame shot)
   s.black_level = 24.0            # peak pixel value (0..255) below which a frame is black
   s.fade_trim_ratio = 0.5         # trim span ends dimmer than this x the span's median peak
   s.min_clip_frames = 16          # shorter single-shot spans are dropped
