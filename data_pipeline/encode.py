@@ -1,11 +1,13 @@
 """Stage 8, encode: clip frames -> VAE latents, caption -> text embeddings, into latent shards.
 
 Per clip: `num_frames` frames `stride` apart from the span start (the stride shrinks when the
-clip is too short for it), resized to cover the bucket resolution nearest in aspect ratio and
-center-cropped; the micro-conditions (orig_height, orig_width, crop_top, crop_left, stride,
-num_frames) are recorded. Crop offsets are in the resized frame's pixels (as in SDXL).
-Shards are written per bucket (file prefix = bucket key) through stiv_jax's ShardWriter,
-records sorted by clip id, so reruns produce identical shards.
+clip is too short for it), decoded at display geometry (rotation and non-square pixels
+applied), resized to cover the bucket resolution nearest in DISPLAY aspect ratio and
+center-cropped; the micro-conditions (orig_height, orig_width = the displayed size, crop_top,
+crop_left, stride, num_frames) are recorded. Crop offsets are in the resized frame's pixels (as
+in SDXL). Shards are written per bucket (file prefix = bucket key) through stiv_jax's
+ShardWriter, records sorted by clip id, with the latent contract (the encoders' identity and the
+empty prompt, cached by the encode workers) in the manifest, so reruns produce identical shards.
 """
 from __future__ import annotations
 
@@ -54,12 +56,6 @@ def resize_crop(frames: np.ndarray, bucket: tuple[int, int]) -> tuple[np.ndarray
   return out, top, left
 
 
-def apply_rotation(frames: np.ndarray, rotation: int) -> np.ndarray:
-  """Rotates decoded frames to display orientation (counter-clockwise by `rotation` degrees)."""
-  k = (int(rotation) // 90) % 4
-  return np.ascontiguousarray(np.rot90(frames, k=k, axes=(1, 2))) if k else frames
-
-
 def display_size(row: dict) -> tuple[int, int]:
   """(height, width) the clip is shown at (rotation applied; probe's display_* fields)."""
   return int(row.get("display_height", row["height"])), int(row.get("display_width", row["width"]))
@@ -67,10 +63,9 @@ def display_size(row: dict) -> tuple[int, int]:
 
 def encode_clip(row: dict, frames_rgb: np.ndarray, stride: int, vae, text_encoder,
                 ecfg) -> schema_lib.ClipRecord:
-  """Pure core: decoded RGB frames + caption of one clip -> a ClipRecord for the shards."""
+  """Pure core: RGB frames at display geometry + caption of one clip -> a ClipRecord."""
   height, width = display_size(row)
   bucket = pick_bucket(height, width, ecfg.buckets)
-  frames_rgb = apply_rotation(frames_rgb, row.get("rotation", 0))
   crop, top, left = resize_crop(frames_rgb, bucket)
   x = crop.astype(np.float32) / 127.5 - 1.0
   bs = int(ecfg.batch_frames)
@@ -88,10 +83,13 @@ def encode_clip(row: dict, frames_rgb: np.ndarray, stride: int, vae, text_encode
 
 
 def decode_for_encode(row: dict, ecfg) -> tuple[np.ndarray, int]:
-  """Decodes the frames of one clip that encode uses; -> (RGB frames, stride used)."""
+  """Decodes the frames of one clip that encode uses at display geometry (rotation and sample
+  aspect applied, presentation-order indices as scene detection counted them);
+  -> (RGB frames, stride used)."""
   idx, stride = frame_indices(int(row["start"]), int(row["end"]), int(ecfg.num_frames),
                               int(ecfg.stride))
-  return video_io.read_frames(row["path"], idx), stride
+  return video_io.read_display_frames(row["path"], idx, rotation=row.get("rotation"),
+                                      sample_aspect=row.get("sample_aspect")), stride
 
 
 def example_path(out_dir: str, clip_id: str) -> str:

@@ -128,3 +128,108 @@ def test_two_processes_match_one(data, reference, tmp_path):
   steps = sorted(losses)
   assert [losses[s] for s in steps] == pytest.approx([reference[s] for s in steps], rel=1e-5)
   assert NUM_STEPS in _finished_steps(workdir)
+
+
+def _tree_hashes(root):
+  import hashlib
+  out = {}
+  for folder, _, files in os.walk(root):
+    for name in files:
+      path = os.path.join(folder, name)
+      with open(path, "rb") as f:
+        out[os.path.relpath(path, root)] = hashlib.sha256(f.read()).hexdigest()
+  return out
+
+
+@pytest.fixture(scope="module")
+def ref_workdir(data, reference, tmp_path_factory):
+  """The reference run's workdir (checkpoints 2..10), written again for tests to copy."""
+  workdir = str(tmp_path_factory.mktemp("ref_wd"))
+  _run(workdir, data, NUM_STEPS)
+  return workdir
+
+
+def test_flipped_latest_checkpoint_resumes_from_the_previous_with_equal_losses(
+    data, reference, ref_workdir, tmp_path):
+  import shutil
+  workdir = str(tmp_path / "flip")
+  shutil.copytree(ref_workdir, workdir)
+  ckdir = os.path.join(workdir, "checkpoints")
+  for s in (8, 10):                      # the run had stopped after step 6
+    shutil.rmtree(os.path.join(ckdir, str(s)))
+  files = [os.path.join(d, n) for d, _, ns in os.walk(os.path.join(ckdir, "6")) for n in ns]
+  victim = max(files, key=os.path.getsize)
+  with open(victim, "r+b") as f:          # 4 KB of flipped bits in the weights
+    block = f.read(4096)
+    f.seek(0)
+    f.write(bytes(b ^ 0xFF for b in block))
+  out = _run(workdir, data, NUM_STEPS)
+  skips = [line for line in out.splitlines() if line.startswith("Skipping checkpoint")]
+  assert len(skips) == 1 and victim in skips[0] and "corrupted" in skips[0]
+  assert "Resumed from checkpoint step 4" in out
+  losses = _losses(workdir)
+  after = list(range(5, NUM_STEPS + 1))
+  assert [losses[s] for s in after] == pytest.approx([reference[s] for s in after], rel=1e-6)
+  assert any(n.startswith("skipped-6-") for n in os.listdir(ckdir))   # kept, not deleted
+
+
+@pytest.mark.parametrize("override,message", [
+    ("--config.model.hidden=32", r"model\.hidden: 64 in the checkpoint, 32 now"),
+    ("--config.data.batch_size=-8", r"data\.batch_size: must be >= 1"),
+    ("--config.data.seed=5", r"data\.seed is 0 in the checkpoint but 5 in this run"),
+])
+def test_failed_starts_leave_every_file_of_the_workdir_unchanged(
+    data, ref_workdir, tmp_path, override, message):
+  import re
+  import shutil
+  workdir = str(tmp_path / "wd")
+  shutil.copytree(ref_workdir, workdir)
+  before = _tree_hashes(workdir)
+  p = subprocess.run(_cmd(workdir, data, NUM_STEPS + 2) + [override], cwd=ROOT, env=_env(8),
+                     capture_output=True, text=True, timeout=600)
+  assert p.returncode == 2, p.stdout[-2000:] + p.stderr[-2000:]
+  lines = [line for line in p.stderr.splitlines() if line.startswith("stiv-train: error:")]
+  assert len(lines) == 1 and re.search(message, lines[0]), p.stderr[-2000:]
+  assert "Traceback" not in p.stderr
+  assert _tree_hashes(workdir) == before
+
+
+def _corrupt_copy(data, tmp_path, step):
+  """A copy of the dataset with one record of the batch of `step` (1-based) corrupted."""
+  import shutil
+  from stiv_jax.data import pipeline, reader
+  out = str(tmp_path / "corrupt")
+  shutil.copytree(data, out)
+  ds = reader.open_dataset(out)
+  plan, _ = pipeline.epoch_plan(ds.bucket_of, len(ds.bucket_keys), seed=0, epoch=0,
+                                global_batch=8)
+  path, offset = ds.location(int(plan[step - 1][0]))
+  with open(path, "r+b") as f:            # a byte inside the record's payload: its CRC fails
+    f.seek(offset + 12 + 40)
+    b = f.read(1)
+    f.seek(-1, 1)
+    f.write(bytes([b[0] ^ 0xFF]))
+  return out
+
+
+def test_corrupt_record_skip_counts_and_completes(data, tmp_path):
+  bad = _corrupt_copy(data, tmp_path, step=3)
+  workdir = str(tmp_path / "skip")
+  p = subprocess.run(_cmd(workdir, bad, 4) + ["--config.data.bad_records=skip"], cwd=ROOT,
+                     env=_env(8), capture_output=True, text=True, timeout=600)
+  assert p.returncode == 0, p.stdout[-2000:] + p.stderr[-2000:]
+  assert "skipped record" in p.stderr and "byte offset" in p.stderr
+  with open(os.path.join(workdir, "metrics.jsonl")) as f:
+    last = [json.loads(line) for line in f][-1]
+  assert last["step"] == 4 and last["data/bad_records"] == 1.0
+
+
+def test_corrupt_record_fail_saves_the_last_good_step(data, tmp_path):
+  bad = _corrupt_copy(data, tmp_path, step=3)
+  workdir = str(tmp_path / "fail")
+  p = subprocess.run(_cmd(workdir, bad, 4) + ["--config.checkpoint.every_steps=100"], cwd=ROOT,
+                     env=_env(8), capture_output=True, text=True, timeout=600)
+  assert p.returncode == 2, p.stdout[-2000:] + p.stderr[-2000:]
+  [line] = [x for x in p.stderr.splitlines() if x.startswith("stiv-train: error:")]
+  assert "data error before step 3" in line and "last good step 2 is saved" in line
+  assert _finished_steps(workdir) == [2]
