@@ -164,7 +164,7 @@ def synth_shards_cli(argv: list[str]) -> int:
       "kind": args.vae_kind, "path": args.vae_path, "spatial_factor": args.vae_factor,
       "latent_channels": args.latent_channels})
   text_cfg = ml_collections.ConfigDict({
-      "kind": args.text_kind, "path": args.text_path, "tokenizer_path": args.tokenizer_path,
+      "kind": args.text_kind, "path": args.text_path, "tokenizer": args.tokenizer_path,
       "dim": args.text_dim, "max_length": args.text_len})
   shard_dir = os.path.join(args.output, "shards")  # same layout as the video pipeline's output
   manifest = write_synthetic_shards(

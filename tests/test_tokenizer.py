@@ -1,7 +1,10 @@
-"""T5-style SentencePiece tokenizer: trainer CLI, T5 conventions, padding/mask, errors."""
+"""Tokenizers: the T5-style SentencePiece one (trainer CLI, T5 conventions, padding/mask,
+token lengths, identity, errors) and `load_tokenizer`'s choice of file per text.kind."""
 import os
 import subprocess
 import sys
+
+import shutil
 
 import numpy as np
 import pytest
@@ -93,3 +96,45 @@ def test_tokenizer_errors(model_path, tmp_path):
     tok(["ok", 3])
   with pytest.raises(TypeError, match="one str"):
     tok("a caption")
+
+
+def test_token_lengths_and_identity(model_path):
+  tok = tok_lib.SentencePieceTokenizer(model_path, max_length=5)
+  sp = spm.SentencePieceProcessor(model_file=model_path)
+  caps = ["a huge horse sleeping in the snow", "", "cat"]
+  assert tok.token_lengths(caps) == [len(sp.EncodeAsIds(c)) + 1 for c in caps]
+  assert tok.token_lengths(caps)[0] > 5 and tok(caps)[1][0].all()  # cut at max_length
+  rec = tok.identity()
+  assert rec == {"kind": "sentencepiece", "path": os.path.abspath(model_path),
+                 "files": ["tok.model"], "sha256": rec["sha256"], "vocab_size": 32, "pad_id": 0,
+                 "bos_id": None, "eos_id": 1}
+  assert len(rec["sha256"]) == 64 and tok_lib.SentencePieceTokenizer(
+      model_path, 8).identity()["sha256"] == rec["sha256"]
+  with pytest.raises(ValueError, match="text.pad_id: 99 is not an id of the tokenizer"):
+    tok_lib.SentencePieceTokenizer(model_path, 8, pad_id=99)
+
+
+def test_load_tokenizer_choice(model_path, tmp_path):
+  folder = tmp_path / "model"
+  folder.mkdir()
+  (folder / "model.safetensors").write_bytes(b"")
+  with pytest.raises(FileNotFoundError, match=r"looked in .*model for spiece.model, "
+                     "tokenizer.json"):
+    tok_lib.load_tokenizer("", str(folder / "model.safetensors"), "t5", 8)
+  shutil.copy(model_path, folder / "spiece.model")
+  for kind in ("t5", "clip"):  # clip: the paper's pairing when the folder holds only spiece
+    tok = tok_lib.load_tokenizer("", str(folder), kind, 8)
+    assert isinstance(tok, tok_lib.SentencePieceTokenizer) and tok.path.endswith("spiece.model")
+  tok = tok_lib.load_tokenizer(model_path, str(folder), "clip", 8)  # an explicit file wins
+  assert tok.path == model_path
+  assert isinstance(tok_lib.load_tokenizer(str(folder), "", "t5", 8),
+                    tok_lib.SentencePieceTokenizer)
+  (tmp_path / "vocab.bin").write_bytes(b"")
+  with pytest.raises(ValueError, match="vocab.bin is neither a SentencePiece .model"):
+    tok_lib.load_tokenizer(str(tmp_path / "vocab.bin"), "", "clip", 8)
+  with pytest.raises(FileNotFoundError, match=r"text.tokenizer: .*empty holds no tokenizer "
+                     r"files; looked for tokenizer.json, vocab.json \+ merges.txt, spiece.model"):
+    (tmp_path / "empty").mkdir()
+    tok_lib.load_tokenizer(str(tmp_path / "empty"), "", "clip", 8)
+  with pytest.raises(ValueError, match="text.kind: no tokenizer convention for 'hash'"):
+    tok_lib.load_tokenizer(model_path, "", "hash", 8)

@@ -21,19 +21,6 @@ IGNORED_KEYS = ("vision_model.", "visual_projection.", "text_projection.", "logi
                 "embeddings.position_ids")
 
 
-def quick_gelu(x: jax.Array) -> jax.Array:
-  """OpenAI CLIP's x * sigmoid(1.702 x)."""
-  return x * jax.nn.sigmoid(1.702 * x)
-
-
-ACTIVATIONS = {
-    "quick_gelu": quick_gelu,
-    "gelu": lambda x: jax.nn.gelu(x, approximate=False),
-    "gelu_new": lambda x: jax.nn.gelu(x, approximate=True),
-    "gelu_pytorch_tanh": lambda x: jax.nn.gelu(x, approximate=True),
-}
-
-
 @dataclasses.dataclass(frozen=True)
 class CLIPTextConfig:
   """Sizes of a CLIP text tower (the fields of an HF CLIPTextConfig that matter)."""
@@ -58,9 +45,9 @@ class CLIPTextConfig:
       raise W.WeightImportError(f"{source}: model_type {model_type!r} is not supported; "
                                 "expected 'clip_text_model' (or 'clip' with a text_config)")
     act = config.get("hidden_act", "quick_gelu")
-    if act not in ACTIVATIONS:
+    if act not in W.ACTIVATIONS:
       raise W.WeightImportError(f"{source}: hidden_act={act!r} is not supported; expected one "
-                                f"of {sorted(ACTIVATIONS)}")
+                                f"of {sorted(W.ACTIVATIONS)}")
     fields = {f.name: config[f.name] for f in dataclasses.fields(cls) if f.name in config}
     out = cls(**fields)
     if out.hidden_size % out.num_attention_heads:
@@ -109,7 +96,7 @@ class CLIPMLP(nnx.Module):
     self.act = cfg.hidden_act
 
   def __call__(self, x: jax.Array) -> jax.Array:
-    return self.fc2(ACTIVATIONS[self.act](self.fc1(x)))
+    return self.fc2(W.ACTIVATIONS[self.act](self.fc1(x)))
 
 
 class CLIPEncoderLayer(nnx.Module):
@@ -153,9 +140,9 @@ class CLIPTextEmbeddings(nnx.Module):
 
 
 class CLIPTextModel(nnx.Module):
-  """ids [B, L] int, mask [B, L] bool -> (last hidden state [B, L, D], pooled [B, D]).
+  """ids [B, L] int, mask [B, L] bool -> last hidden state [B, L, D] (after the final LayerNorm).
 
-  pooled = the final-LayerNorm output at the last real token (mask), i.e. the EOS token.
+  transformers' pooler_output is this state at the EOS token (text.pool_tokens 'eos').
   """
 
   def __init__(self, cfg: CLIPTextConfig, *, rngs: nnx.Rngs):
@@ -164,13 +151,21 @@ class CLIPTextModel(nnx.Module):
     self.encoder = CLIPEncoder(cfg, rngs=rngs)
     self.final_layer_norm = W.LayerNorm(cfg.hidden_size, cfg.layer_norm_eps)
 
-  def __call__(self, ids: jax.Array, mask: jax.Array,
-               dtype: Any = jnp.float32) -> tuple[jax.Array, jax.Array]:
+  @property
+  def width(self) -> int:
+    return self.cfg.hidden_size
+
+  @property
+  def vocab_size(self) -> int:
+    return self.cfg.vocab_size
+
+  @property
+  def max_positions(self) -> int | None:
+    return self.cfg.max_position_embeddings
+
+  def __call__(self, ids: jax.Array, mask: jax.Array, dtype: Any = jnp.float32) -> jax.Array:
     x = self.embeddings(ids).astype(dtype)
-    x = self.final_layer_norm(self.encoder(x, mask))
-    last = jnp.maximum(mask.sum(axis=1) - 1, 0)
-    pooled = jnp.take_along_axis(x, last[:, None, None], axis=1)[:, 0]
-    return x, pooled
+    return self.final_layer_norm(self.encoder(x, mask))
 
 
 def load_clip_text_model(path: str, config_path: str | None = None) -> CLIPTextModel:

@@ -23,6 +23,25 @@ class WeightImportError(ValueError):
 
 
 # ---------------------------------------------------------------------------------------------
+# Activations by their transformers names (hidden_act / dense_act_fn).
+
+
+def quick_gelu(x: jax.Array) -> jax.Array:
+  """OpenAI CLIP's x * sigmoid(1.702 x)."""
+  return x * jax.nn.sigmoid(1.702 * x)
+
+
+ACTIVATIONS = {
+    "quick_gelu": quick_gelu,
+    "gelu": lambda x: jax.nn.gelu(x, approximate=False),
+    "gelu_new": lambda x: jax.nn.gelu(x, approximate=True),
+    "gelu_pytorch_tanh": lambda x: jax.nn.gelu(x, approximate=True),
+    "relu": jax.nn.relu,
+    "silu": jax.nn.silu,
+}
+
+
+# ---------------------------------------------------------------------------------------------
 # Layout transforms: PyTorch tensor -> JAX parameter.
 
 
@@ -102,6 +121,18 @@ class Linear(nnx.Module):
     return x @ self.weight[...].astype(x.dtype) + self.bias[...].astype(x.dtype)
 
 
+class LinearNoBias(nnx.Module):
+  """Dense layer without a bias (T5); kernel stored [in, out] under `weight`."""
+
+  TORCH_LAYOUT = {"weight": (linear_out_in_to_in_out, _torch_shape_linear)}
+
+  def __init__(self, din: int, dout: int, *, rngs: nnx.Rngs):
+    self.weight = nnx.Param(_normal(rngs, (din, dout), din**-0.5))
+
+  def __call__(self, x: jax.Array) -> jax.Array:
+    return x @ self.weight[...].astype(x.dtype)
+
+
 def group_norm(x: jax.Array, scale: jax.Array, bias: jax.Array, groups: int,
                eps: float) -> jax.Array:
   """GroupNorm over (H, W, C/groups) of NHWC `x`; statistics in float32."""
@@ -153,6 +184,26 @@ class LayerNorm(nnx.Module):
 
   def __call__(self, x: jax.Array) -> jax.Array:
     return layer_norm(x, self.weight[...], self.bias[...], self.eps)
+
+
+def rms_norm(x: jax.Array, scale: jax.Array, eps: float) -> jax.Array:
+  """Root-mean-square norm over the last axis (no mean, no bias; T5); statistics in float32."""
+  xf = x.astype(jnp.float32)
+  y = xf * jax.lax.rsqrt(jnp.square(xf).mean(axis=-1, keepdims=True) + eps)
+  return (y * scale.astype(jnp.float32)).astype(x.dtype)
+
+
+class RMSNorm(nnx.Module):
+  """Scale-only RMS norm with `weight`, as transformers' T5LayerNorm."""
+
+  TORCH_LAYOUT = {"weight": (identity, None)}
+
+  def __init__(self, dim: int, eps: float):
+    self.weight = nnx.Param(jnp.ones((dim,), jnp.float32))
+    self.eps = eps
+
+  def __call__(self, x: jax.Array) -> jax.Array:
+    return rms_norm(x, self.weight[...], self.eps)
 
 
 class Embedding(nnx.Module):
