@@ -133,8 +133,11 @@ def main(argv: list[str]) -> int:
 
 
 def run() -> None:
-  """Console-script entry point."""
-  sys.exit(main(sys.argv[1:]))
+  """Console-script entry point: a user error (bad folder, field, file) is one line, exit 2;
+  --verbose anywhere on the line adds its traceback."""
+  from stiv_jax import cli_errors
+  argv = [a for a in sys.argv[1:] if a != "--verbose"]
+  sys.exit(cli_errors.run_main("stiv-prep", lambda: main(argv), "--verbose" in sys.argv))
 
 
 if __name__ == "__main__":

@@ -30,6 +30,8 @@ Sections (`describe(train_config())` prints every field with its default):
   metrics       every_steps, tensorboard, jsonl, peak_flops_per_device (0 = table/measured)
   init          progressive init (stiv_jax/train/stages.py): sources (a tuple of
                 {path, include, exclude, use_ema}), rope_from_config, allow_missing
+  lora          LoRA fine-tuning (stiv_jax/lora.py): rank (0 = off), alpha, dropout, targets
+                (regex over parameter names); the base comes from init.sources, frozen
   sampling      stiv_jax.sampling.SamplerConfig: solver, steps, schedule, shift, guidance...
   eval          during-training evaluation every eval.every_steps (0 = off): val loss at fixed
                 t on the data.holdout records, a sample grid, synthetic_score
@@ -182,6 +184,18 @@ def cpu_preset(name: str, **model_overrides) -> tuple[ml_collections.ConfigDict,
   return model, vae, text
 
 
+def complete_section(name: str, cfg: Any) -> ml_collections.ConfigDict:
+  """A complete encoder section ('vae' or 'text'): the schema's defaults for its kind, replaced
+  by the fields `cfg` (a ConfigDict or dict) sets; an unknown kind or field is an error."""
+  builder, kinds, default_kind = {"vae": (vae_config, VAE_KINDS, "pixel"),
+                                  "text": (text_config, TEXT_KINDS, "hash")}[name]
+  fields = cfg.to_dict() if hasattr(cfg, "to_dict") else dict(cfg)
+  kind = fields.pop("kind", default_kind)
+  if kind not in kinds:
+    raise ValueError(f"{name}.kind: unknown encoder kind {kind!r}; expected one of {list(kinds)}")
+  return builder(kind, **fields)
+
+
 def data_config(**overrides) -> ml_collections.ConfigDict:
   """The `data` section: the input pipeline's fields plus the global batch and shuffle seed."""
   from stiv_jax.data import pipeline
@@ -283,8 +297,24 @@ def train_config() -> ml_collections.ConfigDict:
   c.init.rope_from_config = ""  # source workdir whose model sizes set the RoPE scale factors
   c.init.allow_missing = ""     # regex of target params that may stay freshly initialised
 
+  c.lora = lora_config()
   c.sampling = sampling_config()
   c.eval = eval_config()
+  return c
+
+
+# Attention q/k/v/o and FFN kernels of the main and decoder block stacks.
+LORA_TARGETS = r"^(blocks|decoder)/((spatial|temporal|cross)/[qkvo]|fc[12])/kernel$"
+
+
+def lora_config(**overrides) -> ml_collections.ConfigDict:
+  """The `lora` section (stiv_jax/lora.py): rank 0 or empty targets = off (full training)."""
+  c = ml_collections.ConfigDict()
+  c.rank = 0                 # adapter rank r; 0 = off
+  c.alpha = 16.0             # effective kernel W + (alpha / r) A B
+  c.dropout = 0.0            # drop rate of the adapters' input features
+  c.targets = LORA_TARGETS   # regex searched in parameter names ('blocks/spatial/q/kernel')
+  _apply(c, overrides, "lora")
   return c
 
 

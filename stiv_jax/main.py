@@ -14,6 +14,8 @@ import traceback
 from absl import app, flags, logging
 from ml_collections import config_flags
 
+from stiv_jax import cli_errors
+
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Path to a config file (file.py[:arg]).",
                                           lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Run directory (checkpoints, logs, config.json).")
@@ -22,7 +24,6 @@ _DISTRIBUTED = flags.DEFINE_bool("distributed", False,
 _VERBOSE = flags.DEFINE_bool("verbose", False, "Print the traceback of a user error too.")
 
 _ENV = ("JAX_COORDINATOR_ADDRESS", "JAX_NUM_PROCESSES", "JAX_PROCESS_ID")
-EXIT_USER_ERROR = 2
 EXIT_NON_FINITE = 3
 
 HELP = """usage: stiv-train --config=experiments/configs/FILE.py[:ARG] --workdir=DIR [--config.SECTION.FIELD=VALUE ...]
@@ -54,13 +55,11 @@ def user_errors() -> tuple[type[BaseException], ...]:
   """Exceptions that mean 'the input is wrong' (printed as one line), not a bug."""
   from stiv_jax.train import checkpoint as ckpt_lib
   from stiv_jax.train import loop
-  return (ValueError, FileNotFoundError, FileExistsError, ckpt_lib.CheckpointError,
-          loop.DataError)
+  return cli_errors.USER_ERRORS + (ckpt_lib.CheckpointError, loop.DataError)
 
 
 def fail(message: str) -> None:
-  print(f"stiv-train: error: {message}", file=sys.stderr, flush=True)
-  sys.exit(EXIT_USER_ERROR)
+  cli_errors.fail("stiv-train", message)
 
 
 def main(argv) -> None:
@@ -100,21 +99,7 @@ def run() -> None:
   # Config files import `experiments.configs...`: make the working directory importable.
   if os.getcwd() not in sys.path:
     sys.path.insert(0, os.getcwd())
-  app.run(main, flags_parser=parse_flags)
-
-
-def parse_flags(argv: list[str]) -> list[str]:
-  """absl flag parsing with a bad --config file or --config.x override as one line, exit 2."""
-  try:
-    return flags.FLAGS(argv)
-  except flags.Error as e:
-    text = str(e).strip().splitlines()
-    flag = text[0].split(":")[0] if text else "flags"
-    fail(f"{flag}: {text[-1].strip()}" if len(text) > 1 else " ".join(str(e).split()))
-  except (AttributeError, KeyError) as e:   # --config.a.b=v naming a field that does not exist
-    bad = [a.split("=")[0] for a in argv if a.startswith("--config.")]
-    fail(f"{' / '.join(bad)}: no such config field ({e}); `stiv-train --help` lists the fields")
-  return []
+  app.run(main, flags_parser=cli_errors.absl_flags_parser("stiv-train"))
 
 
 if __name__ == "__main__":

@@ -12,12 +12,12 @@ import pytest
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 from safetensors.numpy import load_file, save_file  # noqa: E402
-from tokenizers import Regex, Tokenizer, models, normalizers, pre_tokenizers, trainers  # noqa
 
 from stiv_jax.models.encoders import base  # noqa: E402
 from stiv_jax.models.encoders import identity as identity_lib  # noqa: E402
 from stiv_jax.models.encoders import tokenizer as tok_lib  # noqa: E402
 from stiv_jax.models.encoders.weights import WeightImportError  # noqa: E402
+from tiny_models import write_clip_bpe  # noqa: E402
 
 TOL = 1e-4
 MAX_LEN = 16
@@ -31,38 +31,8 @@ SENTENCES = [
     "cat", "the green car jumping over 3 rivers (quickly) & slowly"]
 CAPTIONS = ["a red dog running", "", "a big blue bird sitting on a rainy day, a big blue bird "
             "sitting on a rainy day", "cat", "the green car jumping"]
-TRAIN_TEXT = ["a red dog runs on the beach, quickly!", "the cat's toy is blue and green",
-              "café naïve résumé", "tokyo at night", "a camera pans over mountains and rivers",
-              "a big bird sitting on a rainy day", "hello world, it is a dog's life"] * 20
-
-
 def rel_err(a, b):
   return float(np.linalg.norm(np.asarray(a) - np.asarray(b)) / np.linalg.norm(np.asarray(b)))
-
-
-def write_clip_bpe(folder):
-  """A CLIP-layout byte-level BPE vocab.json + merges.txt: 256 byte symbols, the same with
-  '</w>', the merges' results, then <|startoftext|> and <|endoftext|> (merges trained here)."""
-  tk = Tokenizer(models.BPE(end_of_word_suffix="</w>"))
-  tk.normalizer = normalizers.Sequence([normalizers.NFC(), normalizers.Lowercase()])
-  tk.pre_tokenizer = pre_tokenizers.Sequence([
-      pre_tokenizers.Split(Regex(r"[\p{L}]+|[\p{N}]|[^\s\p{L}\p{N}]+"), "removed", invert=True),
-      pre_tokenizers.ByteLevel(add_prefix_space=False)])
-  tk.train_from_iterator(TRAIN_TEXT, trainers.BpeTrainer(
-      vocab_size=700, initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-      end_of_word_suffix="</w>", show_progress=False))
-  merges = json.loads(tk.to_str())["model"]["merges"]
-  alphabet = sorted(pre_tokenizers.ByteLevel.alphabet())
-  vocab = {}
-  for piece in alphabet + [c + "</w>" for c in alphabet] + [a + b for a, b in merges]:
-    vocab.setdefault(piece, len(vocab))
-  vocab[tok_lib.CLIP_BOS], vocab[tok_lib.CLIP_EOS] = len(vocab), len(vocab) + 1
-  os.makedirs(folder, exist_ok=True)
-  with open(os.path.join(folder, "vocab.json"), "w") as f:
-    json.dump(vocab, f)
-  with open(os.path.join(folder, "merges.txt"), "w") as f:
-    f.write("#version: 0.2\n" + "".join(f"{a} {b}\n" for a, b in merges))
-  return vocab
 
 
 @pytest.fixture(scope="module")

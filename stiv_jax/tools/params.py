@@ -66,7 +66,8 @@ def main(argv) -> None:
 
 def run() -> None:
   define_flags()
-  app.run(main)
+  from stiv_jax import cli_errors
+  app.run(main, flags_parser=cli_errors.absl_flags_parser("stiv-params"))
 
 
 if __name__ == "__main__":

@@ -38,15 +38,9 @@ class TextEncoder(Protocol):
 
 
 def vae_section(cfg) -> "ml_collections.ConfigDict":
-  """A complete `vae` section: the schema's defaults (config_schema.vae_config) replaced by the
-  fields `cfg` sets (a ConfigDict or dict); an unknown field is an error."""
+  """A complete `vae` section from a partial one (config_schema.complete_section)."""
   from stiv_jax import config_schema
-  fields = cfg.to_dict() if hasattr(cfg, "to_dict") else dict(cfg)
-  kind = fields.pop("kind", "pixel")
-  if kind not in config_schema.VAE_KINDS:
-    raise ValueError(f"vae.kind: unknown encoder kind {kind!r}; expected one of "
-                     f"{list(config_schema.VAE_KINDS)}")
-  return config_schema.vae_config(kind, **fields)
+  return config_schema.complete_section("vae", cfg)
 
 
 def build_vae(cfg) -> VideoAutoencoder:
@@ -70,15 +64,9 @@ def build_vae(cfg) -> VideoAutoencoder:
 
 
 def text_section(cfg) -> "ml_collections.ConfigDict":
-  """A complete `text` section: the schema's defaults (config_schema.text_config) for its kind,
-  replaced by the fields `cfg` sets (a ConfigDict or dict); an unknown field is an error."""
+  """A complete `text` section from a partial one (config_schema.complete_section)."""
   from stiv_jax import config_schema
-  fields = cfg.to_dict() if hasattr(cfg, "to_dict") else dict(cfg)
-  kind = fields.pop("kind", "hash")
-  if kind not in config_schema.TEXT_KINDS:
-    raise ValueError(f"text.kind: unknown encoder kind {kind!r}; expected one of "
-                     f"{list(config_schema.TEXT_KINDS)}")
-  return config_schema.text_config(kind, **fields)
+  return config_schema.complete_section("text", cfg)
 
 
 def build_text_encoder(cfg) -> TextEncoder:
