@@ -296,12 +296,14 @@ def read_video(path: str) -> np.ndarray:
 def write_mp4(path: str, frames: np.ndarray, fps: int | fractions.Fraction = 8,
               codec: str = "libx264", crf: int = 12, *, bits_per_pixel: float | None = None,
               rotation: int = 0, sample_aspect=None, pts: Sequence[int] | None = None,
-              time_base: fractions.Fraction | None = None) -> None:
+              time_base: fractions.Fraction | None = None, options: dict | None = None,
+              threads: int | None = None) -> None:
   """Writes uint8 RGB frames [T, H, W, 3] to a video file (yuv420p; odd sizes edge-padded).
 
-  `bits_per_pixel` sets a bit rate (codecs without crf, e.g. mpeg4); `rotation` (degrees
-  counter-clockwise) and `sample_aspect` are stored as display metadata; `pts` (in
-  `time_base` units) writes a variable-frame-rate stream.
+  `bits_per_pixel` sets a bit rate (codecs without crf, e.g. mpeg4); `options` are encoder
+  options (default: libx264's crf); `threads` fixes the encoder's thread count (1 gives the
+  same bytes on every machine); `rotation` (degrees counter-clockwise) and `sample_aspect` are
+  stored as display metadata; `pts` (in `time_base` units) writes a variable-frame-rate stream.
   """
   frames = np.asarray(frames)
   if frames.ndim != 4 or frames.shape[-1] != 3 or frames.dtype != np.uint8:
@@ -323,9 +325,13 @@ def write_mp4(path: str, frames: np.ndarray, fps: int | fractions.Fraction = 8,
       stream.codec_context.sample_aspect_ratio = aspect_fraction(sample_aspect)
     if rotation:
       stream.set_display_rotation(int(rotation))
+    if threads is not None:
+      stream.thread_count = int(threads)
     if bits_per_pixel is not None:
       stream.bit_rate = int(bits_per_pixel * frames.shape[1] * frames.shape[2] * float(fps))
-    elif codec == "libx264":
+    if options is not None:
+      stream.options = {k: str(v) for k, v in options.items()}
+    elif codec == "libx264" and bits_per_pixel is None:
       stream.options = {"crf": str(int(crf))}
     for i, arr in enumerate(frames):
       frame = av.VideoFrame.from_ndarray(arr, format="rgb24")
