@@ -337,8 +337,10 @@ def _cached_step(graphdef: nnx.GraphDef, cfg: SamplerConfig,
 
 
 def _new_step(apply: ApplyFn, cfg: SamplerConfig, sharding: BranchSharding | None):
-  """The jitted `grid_step` (params, x, i, times, cond, null, eps0, sde_key) -> x."""
-  return jax.jit(functools.partial(grid_step, apply, cfg, sharding=sharding))
+  """The jitted `grid_step` (params, x, i, times, cond, null, eps0, sde_key) -> x. The new x
+  keeps the inputs' sharding (left free, XLA may pick a tiling the mesh cannot name)."""
+  return jax.jit(functools.partial(grid_step, apply, cfg, sharding=sharding),
+                 out_shardings=None if sharding is None else sharding.inputs)
 
 
 def jitted_step(graphdef: nnx.GraphDef, cfg: SamplerConfig,
@@ -371,7 +373,12 @@ class Sampler:
 
   def __init__(self, model: nnx.Module, cfg: SamplerConfig,
                mesh: jax.sharding.Mesh | None = None, batch_axes: Sequence[str] | None = None,
-               apply: ApplyFn | None = None):
+               apply: ApplyFn | None = None, rules: Mapping[str, tuple[str, ...]] | None = None,
+               params: Any = None):
+    """rules: logical -> mesh axes (stiv_jax.sharding) placing parameters that are not on
+    `mesh` yet by their logical axes (fsdp / tensor); without, they are replicated.
+    params: a pytree used instead of the model's state (with `apply`, e.g. base weights plus
+    unmerged LoRA adapters), placed the same way."""
     self.cfg = cfg
     self.mesh = mesh if mesh is not None else default_mesh()
     axes = tuple(batch_axes) if batch_axes is not None else tuple(
@@ -379,8 +386,7 @@ class Sampler:
     self.batch_axes = axes
     self.batch_divisor = int(np.prod([self.mesh.shape[a] for a in axes]))
     graphdef, state = nnx.split(model)
-    # Simplified placement: parameters not already sharded on this mesh are replicated.
-    self.params = jax.tree.map(self._place_param, state)
+    self.params = self._place_params(state if params is None else params, rules)
     self._batch_sharding = NamedSharding(self.mesh, P(axes))
     self._replicated = NamedSharding(self.mesh, P())
     # Model evaluations that share one forward; its batch is what must divide the mesh.
@@ -399,12 +405,21 @@ class Sampler:
           else _new_step(self._apply, self.cfg, sharding))
     return self._steps[sharded_inputs]
 
-  def _place_param(self, leaf):
-    """Keeps a parameter's NamedSharding on this mesh; replicates it otherwise."""
-    sharding = getattr(leaf, "sharding", None)
-    if isinstance(sharding, NamedSharding) and sharding.mesh == self.mesh:
-      return leaf
-    return jax.device_put(leaf, NamedSharding(self.mesh, P()))
+  def _place_params(self, tree: Any, rules: Mapping[str, tuple[str, ...]] | None) -> Any:
+    """Leaves already in a NamedSharding on this mesh stay where they are (a sharded restore);
+    the others go to their logical-axis sharding under `rules`, or replicated without."""
+    from stiv_jax import sharding as shd
+    specs = (shd.param_specs(tree, self.mesh, rules)
+             if rules is not None and isinstance(tree, nnx.State)
+             else jax.tree.map(lambda _: P(), tree))
+
+    def place(leaf, spec):
+      sharding = getattr(leaf, "sharding", None)
+      if isinstance(sharding, NamedSharding) and sharding.mesh == self.mesh:
+        return leaf
+      return jax.device_put(leaf, NamedSharding(self.mesh, spec))
+
+    return jax.tree.map(place, tree, specs)
 
   def padding(self, batch: int) -> tuple[int, bool]:
     """(rows to add, whether inputs shard over the batch) for a call with `batch` samples.

@@ -3,7 +3,8 @@
   stiv-eval --synthetic-score DIR_OF_MP4S --prompts-file=FILE [--first-frame=IMG [--last-frame=IMG]]
   stiv-eval --fvd --real=DIR --fake=DIR --i3d-weights=I3D.safetensors
   stiv-eval --fid --real=DIR --fake=DIR --inception-weights=INCEPTION.safetensors
-  stiv-eval --workdir=W [--task=t2v] --prompts-file=FILE --out-dir=D [--real=DIR --i3d-weights=...]
+  stiv-eval --workdir=W|--checkpoint=C|--weights=EXPORT [--task=t2v] --prompts-file=FILE --out-dir=D
+      [--mesh=fsdp=8 --batch-size=N] [--real=DIR --i3d-weights=...]
 
 Prints one JSON object on its last line. The prompts file is one prompt per line matched to the
 MP4s in name order, or a JSON object {file name: prompt}.
@@ -46,6 +47,9 @@ def build_parser() -> argparse.ArgumentParser:
   src = p.add_mutually_exclusive_group()
   src.add_argument("--workdir", help="sample from this training workdir's checkpoint first")
   src.add_argument("--checkpoint", help="sample from this checkpoint first")
+  src.add_argument("--weights", help="sample from this stiv-export folder first")
+  p.add_argument("--mesh", default=None, help="sampling mesh, e.g. fsdp=8 (see stiv-sample)")
+  p.add_argument("--batch-size", type=int, default=None, help="samples per sampler call")
   p.add_argument("--task", default="t2v")
   p.add_argument("--out-dir", default="eval_samples", help="where sampled MP4s go")
   p.add_argument("--num-samples", type=int, default=None)
@@ -147,9 +151,13 @@ def sample_for_eval(args: argparse.Namespace, prompts: Sequence[str]) -> list[st
   """Samples one MP4 per prompt with stiv-sample's machinery; returns the written files."""
   from stiv_jax import sample as sample_lib
   os.makedirs(args.out_dir, exist_ok=True)
-  argv = [f"--{'workdir' if args.workdir else 'checkpoint'}={args.workdir or args.checkpoint}",
+  flag = "workdir" if args.workdir else ("checkpoint" if args.checkpoint else "weights")
+  argv = [f"--{flag}={args.workdir or args.checkpoint or args.weights}",
           f"--task={args.task}", f"--out={os.path.join(args.out_dir, 'sample.mp4')}",
           f"--seed={args.seed}", "--no-progress"]
+  for name in ("mesh", "batch_size"):
+    if getattr(args, name) is not None:
+      argv.append(f"--{name.replace('_', '-')}={getattr(args, name)}")
   if args.steps is not None:
     argv.append(f"--steps={args.steps}")
   if args.guidance is not None:
@@ -159,8 +167,8 @@ def sample_for_eval(args: argparse.Namespace, prompts: Sequence[str]) -> list[st
   argv += [f"--prompt={p}" for p in prompts]
   try:
     summary = sample_lib.main(argv)
-  except sample_lib.UserError as e:
-    raise EvalError(str(e)) from e
+  except (sample_lib.UserError, sample_lib.NonFiniteOutput) as e:
+    raise EvalError(str(e.args[-1])) from e
   return [f for f in summary["files"] if f.endswith(".mp4")]
 
 
@@ -168,7 +176,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
   """Runs the asked evaluations; returns the JSON-ready report."""
   args = build_parser().parse_args(argv)
   report: dict[str, Any] = {}
-  if args.workdir or args.checkpoint:
+  if args.workdir or args.checkpoint or args.weights:
     if not args.prompts_file or not os.path.exists(args.prompts_file):
       raise EvalError(f"--prompts-file: no such file {args.prompts_file!r} (prompts to sample)")
     with open(args.prompts_file) as fh:

@@ -1,12 +1,14 @@
 """Progressive training: initialise a stage's parameters from other stages' checkpoints.
 
 config.init.sources is a list of {path, include, exclude, use_ema}: each source's (EMA)
-parameters whose names match `include` and not `exclude` (regexes on 'a/b/kernel' names) are
-copied into the fresh state, later sources overriding earlier ones. Covers T2I -> T2V (2D patch
-kernel inflated, final-layer outputs copied per frame, temporal attention left fresh), T2V -> STIV, masked -> unmasked fine-tune, and
-spatial-from-one / temporal-from-another. config.init.rope_from_config sets the RoPE factors from
-the source model's token grid (256px/20 frames -> 512px/40 frames). Every target parameter not
-loaded must match init.allow_missing; shape mismatches are errors; all are listed by name.
+parameters (a workdir, a checkpoint folder or a `stiv-export` folder) whose names match
+`include` and not `exclude` (regexes on 'a/b/kernel' names) are copied into the fresh state,
+later sources overriding earlier ones. Covers T2I -> T2V (2D patch kernel inflated,
+final-layer outputs copied per frame, temporal attention left fresh), T2V -> STIV, masked ->
+unmasked fine-tune, and spatial-from-one / temporal-from-another. config.init.rope_from_config
+sets the RoPE factors from the source model's token grid (256px/20 frames -> 512px/40
+frames). Every target parameter not loaded must match init.allow_missing; shape mismatches
+are errors; all are listed by name.
 """
 from __future__ import annotations
 
@@ -74,7 +76,14 @@ def _source_state_dir(path: str) -> tuple[str, str]:
 
 
 def load_source_params(path: str, use_ema: bool = True) -> dict[str, np.ndarray]:
-  """{name: numpy array} of a checkpoint's EMA (or raw) parameters, on the host."""
+  """{name: numpy array} of a checkpoint's EMA (or raw) parameters, or of a `stiv-export`
+  folder's weights (EMA only), on the host."""
+  from stiv_jax import export_format
+  if export_format.is_export(path):
+    if not use_ema:
+      raise ValueError(f"init.sources: {path} is an export folder, which holds only EMA "
+                       "weights; set use_ema=True for it")
+    return export_format.load_numpy(path)
   _, state_dir = _source_state_dir(path)
   ckptr = ocp.PyTreeCheckpointer()
   meta = ckptr.metadata(state_dir)
@@ -173,20 +182,28 @@ def merge_params(target: dict[str, np.ndarray], sources: list[tuple[dict[str, An
   return new, report
 
 
-def init_from_sources(config: ml_collections.ConfigDict, state: Any,
-                      shardings: Any) -> tuple[Any, InitReport]:
-  """A fresh train state with params (and EMA) replaced from the configured sources."""
-  flat = jax.tree_util.tree_flatten_with_path(state.params)[0]
+def params_from_sources(config: ml_collections.ConfigDict, params: Any,
+                        param_shardings: Any) -> tuple[Any, InitReport]:
+  """Fresh parameters with those the configured sources hold replaced (placed in
+  `param_shardings`); also the frozen base of a LoRA run (stiv_jax/lora.py)."""
+  flat = jax.tree_util.tree_flatten_with_path(params)[0]
   names = [_name(p) for p, _ in flat]
   target = {n: jax.ShapeDtypeStruct(x.shape, x.dtype) for n, (_, x) in zip(names, flat)}
   loaded = [(s, load_source_params(s["path"], s["use_ema"])) for s in _sources(config)]
   new, report = merge_params(target, loaded, patch_t=int(config.model.patch_t),
                              inflation=config.model.patch_inflation,
                              allow_missing=config.init.get("allow_missing", ""))
-  psh = jax.tree.leaves(shardings.params)
+  psh = jax.tree.leaves(param_shardings)
   leaves = [jax.device_put(new[n], s) if n in new else x
             for n, (_, x), s in zip(names, flat, psh)]
-  params = jax.tree.unflatten(jax.tree.structure(state.params), leaves)
+  return jax.tree.unflatten(jax.tree.structure(params), leaves), report
+
+
+def init_from_sources(config: ml_collections.ConfigDict, state: Any,
+                      shardings: Any) -> tuple[Any, InitReport]:
+  """A fresh train state with params (and EMA) replaced from the configured sources."""
+  params, report = params_from_sources(config, state.params, shardings.params)
+  psh = jax.tree.leaves(shardings.params)
   ema = jax.tree.unflatten(jax.tree.structure(state.params),
                            [jax.device_put(np.asarray(v), s)
                             for v, s in zip(jax.tree.leaves(params), psh)])
