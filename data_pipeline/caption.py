@@ -148,7 +148,8 @@ def missing_reason(captioner, clip: dict, suffix: str) -> str:
   for n in names:
     if n == "sidecar":
       path = sidecar_path(clip["path"], suffix)
-      tried.append(f"sidecar {path} ({'no caption for this span' if os.path.exists(path) else 'missing'})")
+      state = "no caption for this span" if os.path.exists(path) else "missing"
+      tried.append(f"sidecar {path} ({state})")
     else:
       tried.append(f"{n} (empty caption)")
   return (f"{clip.get('path')} [{clip.get('start')}, {clip.get('end')}): no caption; tried "

@@ -8,9 +8,10 @@ at each end, so the transition frames fall out of the clips). Their cuts are com
 union or intersection; every cut records which detectors found it (`attributed_cuts`).
 Frames are pushed one at a time (decoded once, at the analysis resolution, display
 geometry, indexed by presentation timestamp); spans are emitted as soon as no later cut can
-change them, so memory stays bounded by the longest clip. Spans are frame indices [start, end) with the video's exact rational fps. Black and
-fading frames are cut out of spans; shots longer than `max_clip_frames` are split into
-consecutive pieces of that length; pieces shorter than `min_clip_frames` are dropped.
+change them, so memory stays bounded by the longest clip. Spans are frame indices [start, end)
+with the video's exact rational fps. Black and fading frames are cut out of spans; shots longer
+than `max_clip_frames` are split into consecutive pieces of that length; pieces shorter than
+`min_clip_frames` are dropped.
 """
 from __future__ import annotations
 
@@ -128,7 +129,6 @@ class TransNetV2Cuts:
                                       batch=int(scfg.transnetv2_batch))
     self.size = tn.INPUT_HW
     self.pos, self.run_start = 0, None
-    self.probs: list[float] = []
 
   def push(self, frame_bgr: np.ndarray) -> list[int]:
     small = cv2.resize(frame_bgr, self.size[::-1], interpolation=cv2.INTER_AREA)[..., ::-1]
@@ -140,7 +140,6 @@ class TransNetV2Cuts:
   def _cuts(self, probs: np.ndarray) -> list[int]:
     out = []
     for p in probs:
-      self.probs.append(float(p))
       above = p > self.threshold
       if above and self.run_start is None:
         self.run_start = self.pos

@@ -1,1 +1,1 @@
-"""Curation models: TransNetV2 shot boundaries, PP-OCR text area, LAION-style aesthetics, VLM/LLM."""
+"""Curation models: TransNetV2 cuts, PP-OCR text area, LAION-style aesthetics, VLM/LLM."""

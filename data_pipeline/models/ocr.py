@@ -14,7 +14,8 @@ import os
 import cv2
 import numpy as np
 
-PACKAGE, DET_MODEL = "rapidocr-onnxruntime", "rapidocr_onnxruntime/models/ch_PP-OCRv4_det_infer.onnx"
+PACKAGE = "rapidocr-onnxruntime"
+DET_MODEL = "rapidocr_onnxruntime/models/ch_PP-OCRv4_det_infer.onnx"
 
 
 def shipped_det_model() -> str:
