@@ -159,8 +159,8 @@ def _moving_square(n: int, height: int, width: int, seed: int = 0) -> np.ndarray
   out = []
   for t in range(n):
     img = bg.copy()
-    draw_shape(img, "square", 8 + 2 * t % max(width - 16, 1), height / 2, max(6, height // 4),
-               (255, 40, 40))
+    cx = 8 + (width - 16) * t / max(n - 1, 1)  # left to right, no wrap-around (no cut)
+    draw_shape(img, "square", cx, height / 2, max(6, height // 4), (255, 40, 40))
     out.append(img)
   return np.stack(out)
 
