@@ -1,6 +1,8 @@
-"""Tiny real-architecture model folders for tests, saved the way users have them."""
+"""Test helpers: tiny real-architecture model files saved the way users have them, and file
+fingerprints (sha256 of every file of a folder)."""
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 
@@ -36,3 +38,14 @@ def write_clip_bpe(folder):
   with open(os.path.join(folder, "merges.txt"), "w") as f:
     f.write("#version: 0.2\n" + "".join(f"{a} {b}\n" for a, b in merges))
   return vocab
+
+
+def tree_hashes(root: str) -> dict[str, str]:
+  """{relative path: sha256} of every file under `root` (byte-identity checks)."""
+  out = {}
+  for folder, _, files in os.walk(root):
+    for name in files:
+      path = os.path.join(folder, name)
+      with open(path, "rb") as f:
+        out[os.path.relpath(path, root)] = hashlib.sha256(f.read()).hexdigest()
+  return out

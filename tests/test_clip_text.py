@@ -17,7 +17,7 @@ from stiv_jax.models.encoders import base  # noqa: E402
 from stiv_jax.models.encoders import identity as identity_lib  # noqa: E402
 from stiv_jax.models.encoders import tokenizer as tok_lib  # noqa: E402
 from stiv_jax.models.encoders.weights import WeightImportError  # noqa: E402
-from tiny_models import write_clip_bpe  # noqa: E402
+from helpers import write_clip_bpe  # noqa: E402
 
 TOL = 1e-4
 MAX_LEN = 16

@@ -2,7 +2,6 @@
 file is byte-identical (sha256) to an uninterrupted run's."""
 from __future__ import annotations
 
-import hashlib
 import os
 import signal
 import subprocess
@@ -14,6 +13,7 @@ import pytest
 
 from data_pipeline import cli
 from data_pipeline import synth
+from helpers import tree_hashes
 
 pytestmark = pytest.mark.slow
 
@@ -24,9 +24,7 @@ KILL_AFTER = ("probe.log.jsonl", "caption.log.jsonl", "encode.log.jsonl")
 
 
 def shard_hashes(out: str) -> dict[str, str]:
-  d = os.path.join(out, "shards")
-  return {f: hashlib.sha256(open(os.path.join(d, f), "rb").read()).hexdigest()
-          for f in sorted(os.listdir(d))}
+  return tree_hashes(os.path.join(out, "shards"))
 
 
 def _prep(corpus: str, out: str) -> subprocess.Popen:

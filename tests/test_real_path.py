@@ -34,7 +34,7 @@ from stiv_jax.data import reader  # noqa: E402
 from stiv_jax.models.encoders import build_vae  # noqa: E402
 from stiv_jax.models.encoders import tokenizer as tok_lib  # noqa: E402
 from stiv_jax.train import checkpoint as ckpt_lib  # noqa: E402
-from tiny_models import write_clip_bpe  # noqa: E402
+from helpers import write_clip_bpe  # noqa: E402
 
 pytestmark = pytest.mark.slow
 

@@ -3,7 +3,6 @@ for the newest good one, never deleted; non-finite parameters named; validate de
 against the manifest's shapes; launcher dry runs write nothing."""
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import shutil
@@ -13,6 +12,7 @@ import numpy as np
 import pytest
 
 from experiments.configs import demo
+from helpers import tree_hashes
 from stiv_jax import sharding as shd
 from stiv_jax.data import reader, writer
 from stiv_jax.train import checkpoint as ckpt_lib
@@ -22,16 +22,6 @@ from stiv_jax.train import state as state_lib
 from stiv_jax.train import step as step_lib
 
 STEPS = (2, 4, 6)
-
-
-def tree_hashes(root: str) -> dict[str, str]:
-  out = {}
-  for folder, _, files in os.walk(root):
-    for name in files:
-      path = os.path.join(folder, name)
-      with open(path, "rb") as f:
-        out[os.path.relpath(path, root)] = hashlib.sha256(f.read()).hexdigest()
-  return out
 
 
 def _config():

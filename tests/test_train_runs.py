@@ -10,6 +10,8 @@ import time
 
 import pytest
 
+from helpers import tree_hashes
+
 pytestmark = pytest.mark.slow
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -65,13 +67,19 @@ def data(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def reference(data, tmp_path_factory):
+def reference_run(data, tmp_path_factory):
+  """(per-step losses, workdir with checkpoints 2..10) of an uninterrupted run."""
   workdir = str(tmp_path_factory.mktemp("ref"))
   out = _run(workdir, data, NUM_STEPS)
   assert "Checkpoints:" in out and "Metrics (JSONL):" in out
   losses = _losses(workdir)
   assert sorted(losses) == list(range(1, NUM_STEPS + 1))
-  return losses
+  return losses, workdir
+
+
+@pytest.fixture(scope="module")
+def reference(reference_run):
+  return reference_run[0]
 
 
 def _finished_steps(workdir):
@@ -130,23 +138,10 @@ def test_two_processes_match_one(data, reference, tmp_path):
   assert NUM_STEPS in _finished_steps(workdir)
 
 
-def _tree_hashes(root):
-  import hashlib
-  out = {}
-  for folder, _, files in os.walk(root):
-    for name in files:
-      path = os.path.join(folder, name)
-      with open(path, "rb") as f:
-        out[os.path.relpath(path, root)] = hashlib.sha256(f.read()).hexdigest()
-  return out
-
-
 @pytest.fixture(scope="module")
-def ref_workdir(data, reference, tmp_path_factory):
-  """The reference run's workdir (checkpoints 2..10), written again for tests to copy."""
-  workdir = str(tmp_path_factory.mktemp("ref_wd"))
-  _run(workdir, data, NUM_STEPS)
-  return workdir
+def ref_workdir(reference_run):
+  """The reference run's workdir (checkpoints 2..10); tests copy it before changing it."""
+  return reference_run[1]
 
 
 def test_flipped_latest_checkpoint_resumes_from_the_previous_with_equal_losses(
@@ -184,14 +179,14 @@ def test_failed_starts_leave_every_file_of_the_workdir_unchanged(
   import shutil
   workdir = str(tmp_path / "wd")
   shutil.copytree(ref_workdir, workdir)
-  before = _tree_hashes(workdir)
+  before = tree_hashes(workdir)
   p = subprocess.run(_cmd(workdir, data, NUM_STEPS + 2) + [override], cwd=ROOT, env=_env(8),
                      capture_output=True, text=True, timeout=600)
   assert p.returncode == 2, p.stdout[-2000:] + p.stderr[-2000:]
   lines = [line for line in p.stderr.splitlines() if line.startswith("stiv-train: error:")]
   assert len(lines) == 1 and re.search(message, lines[0]), p.stderr[-2000:]
   assert "Traceback" not in p.stderr
-  assert _tree_hashes(workdir) == before
+  assert tree_hashes(workdir) == before
 
 
 def _corrupt_copy(data, tmp_path, step):
