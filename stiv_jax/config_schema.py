@@ -32,6 +32,8 @@ Sections (`describe(train_config())` prints every field with its default):
                 {path, include, exclude, use_ema}), rope_from_config, allow_missing
   lora          LoRA fine-tuning (stiv_jax/lora.py): rank (0 = off), alpha, dropout, targets
                 (regex over parameter names); the base comes from init.sources, frozen
+  lora          LoRA fine-tuning (stiv_jax/lora.py): rank (0 = off), alpha, dropout, targets
+                (regex over parameter names); the base comes from init.sources, frozen
   sampling      stiv_jax.sampling.SamplerConfig: solver, steps, schedule, shift, guidance...
   eval          during-training evaluation every eval.every_steps (0 = off): val loss at fixed
                 t on the data.holdout records, a sample grid, synthetic_score
@@ -298,8 +300,24 @@ def train_config() -> ml_collections.ConfigDict:
   c.init.allow_missing = ""     # regex of target params that may stay freshly initialised
 
   c.lora = lora_config()
+  c.lora = lora_config()
   c.sampling = sampling_config()
   c.eval = eval_config()
+  return c
+
+
+# Attention q/k/v/o and FFN kernels of the main and decoder block stacks.
+LORA_TARGETS = r"^(blocks|decoder)/((spatial|temporal|cross)/[qkvo]|fc[12])/kernel$"
+
+
+def lora_config(**overrides) -> ml_collections.ConfigDict:
+  """The `lora` section (stiv_jax/lora.py): rank 0 or empty targets = off (full training)."""
+  c = ml_collections.ConfigDict()
+  c.rank = 0                 # adapter rank r; 0 = off
+  c.alpha = 16.0             # effective kernel W + (alpha / r) A B
+  c.dropout = 0.0            # drop rate of the adapters' input features
+  c.targets = LORA_TARGETS   # regex searched in parameter names ('blocks/spatial/q/kernel')
+  _apply(c, overrides, "lora")
   return c
 
 

@@ -230,12 +230,28 @@ def make_mesh(config: Any, flag: str | None):
 
 
 class Source:
-  """What to sample from: config, EMA model (placed on the mesh), run record, mesh, rules."""
+  """What to sample from: config, EMA model (placed on the mesh), run record, mesh, rules,
+  and a LoRA run's EMA adapters (the model is then the frozen base)."""
 
   def __init__(self, config: Any, model: Any, run_record: dict | None, mesh: Any, rules: Any,
-               where: str, step: int | None = None):
+               where: str, step: int | None = None, adapters: Any = None):
     self.config, self.model, self.run_record = config, model, run_record
     self.mesh, self.rules, self.where, self.step = mesh, rules, where, step
+    self.adapters = adapters
+
+  def sampler(self, scfg: Any):
+    """The Sampler on this source's mesh; a LoRA source samples with its adapters unmerged
+    (W + (alpha / r) A B formed inside the jitted step)."""
+    from flax import nnx
+    from stiv_jax import lora as lora_lib
+    from stiv_jax import sampling
+    if self.adapters is None:
+      return sampling.Sampler(self.model, scfg, mesh=self.mesh, rules=self.rules)
+    graphdef, state = nnx.split(self.model)
+    return sampling.Sampler(self.model, scfg, mesh=self.mesh, rules=self.rules,
+                            apply=lora_lib.make_apply_fn(graphdef, lora_lib.scale(
+                                self.config.lora)),
+                            params={"base": state, "adapters": self.adapters})
 
 
 def _config_of(args: argparse.Namespace) -> tuple[Any, str]:
@@ -264,17 +280,20 @@ def load_source(args: argparse.Namespace) -> Source:
   from stiv_jax.train import checkpoint as ckpt_lib
   config, path = _config_of(args)
   mesh, rules = make_mesh(config, args.mesh)
-  step = None
+  step = adapters = None
   try:
     if args.weights:
       config, graphdef, state = export_format.load_sharded(path, mesh, rules, config)
       model = nnx.merge(graphdef, state)
+      if export_format.has_lora(path):
+        adapters = export_format.load_lora(path, config, mesh, rules)
       run_record = export_format.read_config(path)[1]
       record_where = path
     else:
       restored = ckpt_lib.restore_ema(path, mesh, rules,
                                       on_skip=lambda line: warn(line))
       config, model, step = restored.config, restored.model(), restored.step
+      adapters = restored.adapters
       workdir, _ = ckpt_lib.resolve_checkpoint(path)
       run_record = contract_lib.load_run_contract(workdir)
       record_where = workdir
@@ -292,7 +311,7 @@ def load_source(args: argparse.Namespace) -> Source:
         contract_lib.resolve_text(config.text, run_record["contract"]["text"], where)
     except contract_lib.ContractError as e:
       raise UserError(str(e)) from e
-  return Source(config, model, run_record, mesh, rules, path, step)
+  return Source(config, model, run_record, mesh, rules, path, step, adapters)
 
 
 def parse_size(value: str | None, flag: str) -> tuple[int, int] | None:
@@ -428,7 +447,6 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     raise UserError(str(e)) from e
   source = load_source(args)
   config, run_record = source.config, source.run_record
-  from stiv_jax import sampling
   from stiv_jax.models.encoders import build_text_encoder, build_vae
   try:
     scfg = sampler_config(config, args)
@@ -446,7 +464,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
       int(k.split("x")[0]) == 1 for k in run_record["buckets"]):
     warn(f"--task=t2i but this model never trained on images (its buckets: "
          f"{sorted(run_record['buckets'])}); expect noise")
-  sampler = sampling.Sampler(source.model, scfg, mesh=source.mesh, rules=source.rules)
+  sampler = source.sampler(scfg)
   offset = OffsetSampler(sampler)
   runner = tasks_lib.TaskRunner(offset, text_encoder, vae, config.model, first_k=args.first_k,
                                 keyframe_stride=args.keyframe_stride, resize=args.resize,
@@ -485,6 +503,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
              "latent_size": list(latent_hw), "micro": {**micro, "num_frames": t},
              "micro_from": micro_from, "source": source.where, "step": source.step,
              "mesh": {k: int(v) for k, v in source.mesh.shape.items()}, "batch_size": batch,
+             "lora": source.adapters is not None,
              "vae": {"scaling_factor": vae.scaling_factor, "shift_factor": vae.shift_factor}}
   if bad:
     raise NonFiniteOutput(summary, f"{len(bad)} of {n} samples hold NaN/Inf (indices "

@@ -320,9 +320,11 @@ class EmaRestore:
   params: Any
   rest: Any
   step: int
+  adapters: Any = None  # LoRA runs: the EMA adapters; params is then the frozen base
 
   def model(self) -> Any:
-    """The STIV model holding the EMA parameters (arrays stay where they are)."""
+    """The STIV model holding the EMA parameters (a LoRA run's: the base without adapters;
+    arrays stay where they are)."""
     from flax import nnx
     return nnx.merge(self.graphdef, self.params, self.rest)
 
@@ -336,9 +338,7 @@ def restore_ema(path: str, mesh: Any = None, rules: Any = None,
   raw parameters are not read (orbax partial restore); each device reads only its shards.
   Checksums and finiteness are verified as for a training restore; a damaged step is skipped
   with one line when a workdir is given."""
-  from flax import nnx
   from stiv_jax import sharding as shd
-  from stiv_jax.train import state as state_lib
   workdir, step = resolve_checkpoint(path)
   ckpt = Checkpointer(workdir, load_config(workdir).checkpoint, with_data=False)
   candidates = sorted(ckpt.all_steps() if step is None else [step], reverse=True)
@@ -360,12 +360,12 @@ def restore_ema(path: str, mesh: Any = None, rules: Any = None,
         except Exception as e:  # undecodable, or a structure this config does not build
           why = one_line(e)
       if why is None:
-        graphdef, params, rest = out
-        bad = integrity.nonfinite_leaf(params)
+        graphdef, params, rest, adapters = out
+        bad = integrity.nonfinite_leaf(params if adapters is None else adapters)
         if bad is not None:
           raise CheckpointError(f"checkpoint {ckpt.step_dir(step)}: EMA parameter {bad}; the "
                                 "run diverged before this save (use an older step)")
-        return EmaRestore(step_config, graphdef, params, rest, step)
+        return EmaRestore(step_config, graphdef, params, rest, step, adapters)
       skipped.append((step, why))
       if len(candidates) > 1:
         on_skip(f"Skipping checkpoint {ckpt.step_dir(step)}: {why}")
@@ -376,12 +376,19 @@ def restore_ema(path: str, mesh: Any = None, rules: Any = None,
 
 
 def _restore_ema_step(state_dir: str, config: ml_collections.ConfigDict, mesh: Any,
-                      rules: Any) -> tuple[Any, Any, Any]:
-  """(graphdef, EMA params State, rest State) of one step's 'state' item, partially restored
-  with sharded restore args (ema_params and rest only)."""
+                      rules: Any) -> tuple[Any, Any, Any, Any]:
+  """(graphdef, EMA params State, rest State, None) of one step's 'state' item, partially
+  restored with sharded restore args (ema_params and rest only). A LoRA run's checkpoint holds
+  adapters: (graphdef, frozen base params from init.sources, rest, EMA adapters)."""
   from flax import nnx
+  from stiv_jax import lora as lora_lib
   from stiv_jax import sharding as shd
   from stiv_jax.train import state as state_lib
+  if lora_lib.enabled(config.get("lora")):
+    base = lora_lib.load_base(config, mesh, rules)
+    abstract = lora_lib.abstract_train_state(base, _optimizer(config), config, mesh)[0]
+    restored = _partial_restore(state_dir, {"ema_params": abstract.ema_params})
+    return base.graphdef, base.params, base.rest, restored["ema_params"]
   abstract = nnx.eval_shape(lambda: state_lib.build_model(config.model, config.seed))
   graphdef, params, rest = nnx.split(abstract, nnx.Param, ...)
   pspecs = shd.param_specs(params, mesh, rules)
@@ -390,9 +397,19 @@ def _restore_ema_step(state_dir: str, config: ml_collections.ConfigDict, mesh: A
   values = {"ema_params": params, "rest": rest}
   item = {k: jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
                           values[k], shardings[k]) for k in values if jax.tree.leaves(values[k])}
+  restored = _partial_restore(state_dir, item)
+  return graphdef, restored["ema_params"], restored.get("rest", rest), None
+
+
+def _partial_restore(state_dir: str, item: dict) -> dict:
+  """Restores only `item`'s subtrees (ShapeDtypeStructs with shardings) of a state folder."""
   restore_args = jax.tree.map(
       lambda a: ocp.ArrayRestoreArgs(sharding=a.sharding, global_shape=a.shape, dtype=a.dtype),
       item)
-  restored = ocp.PyTreeCheckpointer().restore(state_dir, args=ocp.args.PyTreeRestore(
+  return ocp.PyTreeCheckpointer().restore(state_dir, args=ocp.args.PyTreeRestore(
       item=item, restore_args=restore_args, partial_restore=True))
-  return graphdef, restored["ema_params"], restored.get("rest", rest)
+
+
+def _optimizer(config: ml_collections.ConfigDict) -> Any:
+  from stiv_jax.train import optimizer as opt_lib
+  return opt_lib.make_optimizer(config.optimizer)

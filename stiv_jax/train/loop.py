@@ -23,6 +23,7 @@ from absl import logging
 from flax import nnx
 
 from stiv_jax import conditioning, flow
+from stiv_jax import lora as lora_lib
 from stiv_jax import sharding as shd
 from stiv_jax.train import checkpoint as ckpt_lib
 from stiv_jax.train import metrics as metrics_lib
@@ -52,6 +53,8 @@ def validate_config(config: ml_collections.ConfigDict, num_devices: int | None =
   conditioning.validate_conditioning_config(config.conditioning, config.model.num_frames)
   opt_lib.validate_optimizer_config(config.optimizer)
   ckpt_lib.validate_checkpoint_config(config.checkpoint)
+  if "lora" in config:
+    lora_lib.check_config(config)
   if config.model.text_dim != config.text.dim:
     raise ValueError(f"model.text_dim={config.model.text_dim} != text.dim={config.text.dim}")
   if config.vae.latent_channels is not None and (
@@ -136,9 +139,11 @@ class BucketSteps:
   (train.compile_ahead), else on first sight; each compiled once and cached."""
 
   def __init__(self, config: ml_collections.ConfigDict, graphdef: Any, tx: Any, shardings: Any,
-               mesh: Any, rules: Any):
+               mesh: Any, rules: Any, base: Any = None):
     self.config, self.graphdef, self.tx = config, graphdef, tx
     self.shardings, self.mesh, self.rules = shardings, mesh, rules
+    self.base = base  # LoRA: the frozen base (stiv_jax.lora.Base), the step's 4th argument
+    self._extra = () if base is None else (base.params,)
     self.compiled: dict[tuple[int, ...], Any] = {}
     self.compile_s: dict[str, float] = {}
     self.text_len, self.text_dim = int(config.text.max_length), int(config.model.text_dim)
@@ -150,10 +155,11 @@ class BucketSteps:
       b = int(self.config.data.batch_size)
       batch, bshard = step_lib.abstract_batch(
           step_lib.batch_shapes(b, key, self.text_len, self.text_dim), self.mesh, self.rules)
-      fn = step_lib.jit_train_step(self.config, self.graphdef, self.tx, self.shardings, bshard,
-                                   self.mesh)
+      fn = step_lib.jit_train_step(
+          self.config, self.graphdef, self.tx, self.shardings, bshard, self.mesh,
+          base_shardings=None if self.base is None else self.base.param_shardings)
       t0 = time.perf_counter()
-      self.compiled[key] = fn.lower(state, batch, null_text).compile(
+      self.compiled[key] = fn.lower(state, batch, null_text, *self._extra).compile(
           step_lib.compiler_options(self.config))
       name = "x".join(map(str, key[:3]))
       self.compile_s[name] = round(time.perf_counter() - t0, 2)
@@ -161,7 +167,8 @@ class BucketSteps:
     return self.compiled[key]
 
   def __call__(self, state: Any, batch: dict[str, Any], null_text: Any) -> tuple[Any, Any]:
-    return self.compile(state, batch["latents"].shape[1:], null_text)(state, batch, null_text)
+    return self.compile(state, batch["latents"].shape[1:], null_text)(state, batch, null_text,
+                                                                      *self._extra)
 
 
 def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
@@ -198,8 +205,17 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
   make_model = lambda: state_lib.build_model(config.model, config.seed)  # noqa: E731
   ckpt = ckpt_lib.Checkpointer(workdir, config.checkpoint)
   restored = None
+  base = None
+  if lora_lib.enabled(config.get("lora")):  # LoRA: base from init.sources (frozen), adapters
+    base = lora_lib.load_base(config, mesh, rules, step_lib.compiler_options(config))
+    if is_main:
+      print(base.report.summary(), flush=True)
   if ckpt.all_steps():
-    graphdef, target, shardings = state_lib.abstract_train_state(make_model, tx, mesh, rules)
+    if base is None:
+      graphdef, target, shardings = state_lib.abstract_train_state(make_model, tx, mesh, rules)
+    else:
+      graphdef = base.graphdef
+      target, shardings = lora_lib.abstract_train_state(base, tx, config, mesh)
 
     def check(step: int) -> None:
       where = ckpt.step_dir(step)
@@ -212,6 +228,10 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     state = restored.state
     logging.info("resumed from %s/%d", ckpt.directory, restored.step)
     print(f"Resumed from checkpoint step {restored.step} in {ckpt.directory}", flush=True)
+  elif base is not None:
+    graphdef = base.graphdef
+    state, shardings = lora_lib.create_train_state(base, tx, config, mesh,
+                                                   step_lib.compiler_options(config))
   else:
     graphdef, state, shardings = state_lib.create_train_state(
         make_model, tx, mesh, rules, step_lib.compiler_options(config))
@@ -237,10 +257,11 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     from clu import parameter_overview
     print(parameter_overview.get_parameter_overview(
         jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype),
-                     nnx.to_pure_dict(state.params)), include_stats=False), flush=True)
+                     state.params if base is not None else nnx.to_pure_dict(state.params)),
+        include_stats=False), flush=True)
 
   # ---- 4. Compile: one step per bucket shape (ahead of time for every bucket the data serves).
-  steps_fn = BucketSteps(config, graphdef, tx, shardings, mesh, rules)
+  steps_fn = BucketSteps(config, graphdef, tx, shardings, mesh, rules, base)
   if config.train.compile_ahead:
     for shape in buckets.values():
       steps_fn.compile(state, shape, null_text)

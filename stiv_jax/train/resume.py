@@ -54,12 +54,16 @@ def check_state_structure(saved_config: ml_collections.ConfigDict, config: Any, 
                           where: str) -> None:
   """CheckpointError when `target` (this config's abstract train state) differs from the state
   the checkpoint's config builds."""
+  from stiv_jax import lora as lora_lib
   from stiv_jax.train import optimizer as opt_lib
   from stiv_jax.train import state as state_lib
   try:
     tx = opt_lib.make_optimizer(saved_config.optimizer)
-    saved = jax.eval_shape(lambda: state_lib.init_from_model(
-        state_lib.build_model(saved_config.model, saved_config.seed), tx))
+    if lora_lib.enabled(saved_config.get("lora")):  # adapters only (stiv_jax/lora.py)
+      saved = lora_lib.eval_train_state(saved_config, tx)
+    else:
+      saved = jax.eval_shape(lambda: state_lib.init_from_model(
+          state_lib.build_model(saved_config.model, saved_config.seed), tx))
   except Exception as e:  # a config this version cannot build: compare the fields only
     saved = None
     reason = f"({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})"

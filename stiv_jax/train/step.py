@@ -69,13 +69,21 @@ def loss_and_aux(config: Any, graphdef: nnx.GraphDef, params: nnx.State, rest: n
 
 def train_step(config: Any, graphdef: nnx.GraphDef, tx: optax.GradientTransformation,
                state: TrainState, batch: dict[str, jax.Array],
-               null_text: dict[str, jax.Array]) -> tuple[TrainState, dict[str, jax.Array]]:
-  """One optimizer step (pure); non-finite loss/grad-norm leaves params, opt state and EMA as is."""
+               null_text: dict[str, jax.Array],
+               base: Any = None) -> tuple[TrainState, dict[str, jax.Array]]:
+  """One optimizer step (pure); non-finite loss/grad-norm leaves params, opt state and EMA as is.
+
+  With `base` (LoRA, stiv_jax/lora.py) state.params holds only adapters: the model runs with
+  the frozen base's kernels plus the adapters' A B, and only the adapters get gradients."""
   rngs = step_rngs(config.seed, state.step)
   inputs = prepare_inputs(config, batch, null_text, rngs)
   mask_key = rngs["mask"] if float(config.model.mask_ratio) > 0 else None
 
   def loss_fn(params):
+    if base is not None:
+      from stiv_jax import lora as lora_lib
+      params = lora_lib.apply(base, params, lora_lib.scale(config.lora),
+                              float(config.lora.dropout), jax.random.fold_in(rngs["mask"], 1))
     return loss_and_aux(config, graphdef, params, state.rest, inputs, mask_key)
 
   (loss, per_example), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
@@ -147,16 +155,18 @@ def null_text_arrays(text_encoder: Any) -> dict[str, jax.Array]:
 
 def jit_train_step(config: Any, graphdef: nnx.GraphDef, tx: optax.GradientTransformation,
                    state_shardings: Any, batch_shardings: dict[str, NamedSharding],
-                   mesh: Mesh, donate: bool = True) -> Callable:
-  """jax.jit of train_step with explicit in/out shardings and the state donated."""
+                   mesh: Mesh, donate: bool = True, base_shardings: Any = None) -> Callable:
+  """jax.jit of train_step with explicit in/out shardings and the state donated; with
+  `base_shardings` (LoRA) the step takes the frozen base parameters as a 4th argument."""
   replicated = NamedSharding(mesh, P())
   # The model pins the decoder stack's batch dim (stiv_jax.models.stiv.constrain_batch) from these.
   logical_rules = tuple(shd.rules_from_config(config.mesh.rules).items())
 
-  def fn(state, batch, null_text):
+  def fn(state, batch, null_text, base=None):
     with jax.sharding.use_abstract_mesh(mesh.abstract_mesh), spmd.logical_axis_rules(logical_rules):
-      return train_step(config, graphdef, tx, state, batch, null_text)
+      return train_step(config, graphdef, tx, state, batch, null_text, base)
 
-  return jax.jit(fn, in_shardings=(state_shardings, batch_shardings, replicated),
+  extra = () if base_shardings is None else (base_shardings,)
+  return jax.jit(fn, in_shardings=(state_shardings, batch_shardings, replicated) + extra,
                  out_shardings=(state_shardings, replicated),
                  donate_argnums=(0,) if donate else ())
