@@ -149,8 +149,10 @@ def derived_specs(tree: Any, params: Any, pspecs: Any) -> Any:
   """Specs for a tree whose leaves mirror parameters (optimizer states, EMA).
 
   A leaf whose path ends with a parameter's path gets that parameter's spec when the shapes
-  are equal; AdaFactor's factored moments (`v_row`/`v_col`, one axis of the parameter removed)
-  get the parameter's spec with that axis removed; anything else is replicated.
+  are equal. A leaf of the parameter's rank whose dims are the parameter's or 1 (the factored
+  moments of stiv_jax.train.optimizer, reduced axes kept as size 1) gets the parameter's spec
+  with the size-1 axes unsharded. optax's rank-reduced factored moments (`v_row`/`v_col`, one
+  axis removed) get the spec without that axis; anything else is replicated.
   """
   pflat = jax.tree_util.tree_flatten_with_path(params)[0]
   sflat = jax.tree.leaves(pspecs, is_leaf=lambda x: isinstance(x, P))
@@ -166,11 +168,13 @@ def derived_specs(tree: Any, params: Any, pspecs: Any) -> Any:
       pshape, spec = hit
       if shape == pshape:
         return spec
+      full = tuple(spec) + (None,) * (len(pshape) - len(spec))
+      if len(shape) == len(pshape) and all(d in (p, 1) for d, p in zip(shape, pshape)):
+        return P(*(s if d == p else None for s, d, p in zip(full, shape, pshape)))
       names = [str(p) for p in path[:i]]
       if len(shape) == len(pshape) - 1 and any("v_row" in n or "v_col" in n for n in names):
         removed = _factored_removed_axis(pshape, row="v_row" in "".join(names))
         if removed is not None and tuple(np.delete(pshape, removed)) == shape:
-          full = tuple(spec) + (None,) * (len(pshape) - len(spec))
           return P(*(full[:removed] + full[removed + 1:]))
       return P()
     return P()

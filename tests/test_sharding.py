@@ -84,14 +84,15 @@ def test_same_loss_params_and_shardings(reference, shape):
   assert fc1.sharding.spec == P(None, "fsdp", "tensor")
   assert fc1.addressable_shards[0].data.shape == (1, 64 // fsdp, 256 // tensor)
 
-  # AdaFactor's factored moments are rank-reduced and get their own (reduced) specs.
+  # AdaFactor's factored moments keep the parameter's rank (reduced axes of size 1) and its
+  # sharding on the other axes (stiv_jax/train/optimizer.py, factor_rule='logical').
   rms = next(s for s in state.opt_state if hasattr(s, "v_row"))
-  v_row = rms.v_row["blocks"]["fc1"]["kernel"].get_value()        # mlp axis (largest) removed
-  v_col = rms.v_col["blocks"]["fc1"]["kernel"].get_value()        # embed axis removed
-  assert v_row.shape == (1, 64) and v_col.shape == (1, 256)
-  assert v_row.sharding.spec == P(None, "fsdp")
-  assert v_col.sharding.spec == P(None, "tensor")
-  assert v_row.addressable_shards[0].data.shape == (1, 64 // fsdp)
+  v_row = rms.v_row["blocks"]["fc1"]["kernel"].get_value()        # mlp (column) reduced
+  v_col = rms.v_col["blocks"]["fc1"]["kernel"].get_value()        # embed (row) reduced
+  assert v_row.shape == (1, 64, 1) and v_col.shape == (1, 1, 256)
+  assert v_row.sharding.spec == P(None, "fsdp", None)
+  assert v_col.sharding.spec == P(None, None, "tensor")
+  assert v_row.addressable_shards[0].data.shape == (1, 64 // fsdp, 1)
   assert state.step.sharding.is_fully_replicated
 
 
