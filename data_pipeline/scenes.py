@@ -4,8 +4,12 @@ Detectors (`scenes.detectors`): PySceneDetect's `content` (HSV/luma frame differ
 cuts), `adaptive` (the same score against its rolling average), `threshold` (mean level
 through black: fades) and `transnetv2` (the TransNetV2 network, data_pipeline/models/
 transnetv2.py: hard cuts and gradual transitions; a transition of several frames gives a cut
-at each end, so the transition frames fall out of the clips). Their cuts are combined by
-union or intersection; every cut records which detectors found it (`attributed_cuts`).
+at each end, so the transition frames fall out of the clips). TransNetV2 costs ~0.76 GFLOP per
+frame of each 100-frame window (1.5 GFLOP per frame kept), ~10x the CPU time of the rest of
+the pipeline on 720p footage, so by default it is a cascade (`scenes.transnetv2_frames=
+'candidates'`): it runs only on the windows near frames that a cheap per-frame signal flags
+(`CandidateGate`); 'all' runs it on every window. Their cuts are combined by union or
+intersection; every cut records which detectors found it (`attributed_cuts`).
 Frames are pushed one at a time (decoded once, at the analysis resolution, display
 geometry, indexed by presentation timestamp); spans are emitted as soon as no later cut can
 change them, so memory stays bounded by the longest clip. Spans are frame indices [start, end)
@@ -15,6 +19,7 @@ than `max_clip_frames` are split into consecutive pieces of that length; pieces 
 """
 from __future__ import annotations
 
+import collections
 import fractions
 import os
 from typing import Iterable
@@ -32,16 +37,23 @@ class FrameScorer:
 
   Same formula as scenedetect 0.7.2's ContentDetector (weighted mean absolute difference of
   the HSV channels of consecutive frames; edges not supported); with luma_only only the V
-  channel is converted and compared. Also records each frame's peak level (for fades).
+  channel is converted and compared. Also records each frame's peak level (for fades) and,
+  with `hist_lag` > 0, `hist_change`: the total-variation distance (half L1, 0..1) between the
+  32-bin V histograms of this frame and of the frame `hist_lag` earlier (the first frame
+  before that), the cheap signal of the TransNetV2 cascade (`CandidateGate`).
   """
 
-  def __init__(self, luma_only: bool):
+  HIST_BINS = 32
+
+  def __init__(self, luma_only: bool, hist_lag: int = 0):
     self.luma_only = luma_only
     self.weights = (ContentDetector.LUMA_ONLY_WEIGHTS if luma_only
                     else ContentDetector.DEFAULT_COMPONENT_WEIGHTS)
     if self.weights.delta_edges:
       raise ValueError("scenes: edge weights are not supported by the shared frame scorer")
     self.idx, self.score, self.level, self._prev = -1, 0.0, 0.0, None
+    self.hist_lag, self.hist_change = int(hist_lag), 0.0
+    self._hists: collections.deque = collections.deque(maxlen=self.hist_lag + 1)
 
   def push(self, idx: int, frame_bgr: np.ndarray) -> None:
     """Computes frame `idx`'s score against the previous frame."""
@@ -55,7 +67,35 @@ class FrameScorer:
     else:
       diffs = [cv2.mean(cv2.absdiff(a, b))[0] for a, b in zip(chans, self._prev)]
       self.score = sum(d * w for d, w in zip(diffs, weights)) / sum(abs(w) for w in weights)
+    if self.hist_lag:
+      hist = cv2.calcHist([chans[-1]], [0], None, [self.HIST_BINS], [0, 256]).ravel()
+      self._hists.append(hist / max(float(hist.sum()), 1.0))
+      self.hist_change = 0.5 * float(np.abs(self._hists[-1] - self._hists[0]).sum())
     self.idx, self._prev = idx, chans
+
+
+TRANSNETV2_FRAMES = ("candidates", "all")
+
+
+class CandidateGate:
+  """The cascade's cheap per-frame test: is this frame near a possible transition?
+
+  A frame is a candidate when its HSV content score (`FrameScorer.score`) reaches
+  `transnetv2_gate_content` or its V-histogram change over `transnetv2_gate_lag` frames
+  reaches `transnetv2_gate_hist`; TransNetV2 then runs on the 100-frame windows whose kept
+  frames lie within `transnetv2_dilate` frames of a candidate. The histogram change over 8
+  frames (the default lag) is the gradual-transition signal (a 12..72-frame dissolve between real shots: >= 0.2;
+  steady real shots: <= 0.08); the content score catches colour-only changes. Frames it does
+  not flag are never shown to TransNetV2 (the recall risk: a transition between shots of
+  near-equal brightness histograms and colours; the other detectors still run on every frame).
+  """
+
+  def __init__(self, scfg):
+    self.content = float(scfg.transnetv2_gate_content)
+    self.hist = float(scfg.transnetv2_gate_hist)
+
+  def __call__(self, scorer: FrameScorer) -> bool:
+    return scorer.score >= self.content or scorer.hist_change >= self.hist
 
 
 class _SharedContent(ContentDetector):
@@ -109,6 +149,12 @@ def make_detectors(scfg, scorer: FrameScorer | None = None) -> dict:
                        f"{DETECTORS}")
   if not scfg.detectors:
     raise ValueError("scenes.detectors: at least one detector is needed")
+  if scfg.transnetv2_frames not in TRANSNETV2_FRAMES:
+    raise ValueError(f"scenes.transnetv2_frames: unknown mode {scfg.transnetv2_frames!r}; "
+                     f"expected one of {TRANSNETV2_FRAMES}")
+  if int(scfg.transnetv2_gate_lag) < 1:
+    raise ValueError(f"scenes.transnetv2_gate_lag: must be >= 1 frame, got "
+                     f"{scfg.transnetv2_gate_lag}")
   return out
 
 
@@ -118,21 +164,27 @@ class TransNetV2Cuts:
   A run of frames [a, b] with transition probability above `transnetv2_threshold`: the next
   shot starts at b + 1 (TransNetV2's own rule); a run of several frames (a gradual
   transition) also ends the previous shot at a + 1, so its frames fall out of the clips.
+  `transnetv2_frames='candidates'` (the cascade): only windows near a frame pushed with
+  `candidate=True` are evaluated (`models.transnetv2.TransNetV2Stream`); 'all': every window.
   """
-
-  LAG = 80  # frames between a frame's push and its last possible cut (75 + run end)
 
   def __init__(self, scfg, predictor=None):
     from data_pipeline.models import transnetv2 as tn
     self.threshold = float(scfg.transnetv2_threshold)
-    self.stream = tn.TransNetV2Stream(predictor or tn.Predictor(),
-                                      batch=int(scfg.transnetv2_batch))
+    batch = int(scfg.transnetv2_batch)
+    self.stream = tn.TransNetV2Stream(
+        predictor or tn.Predictor(), batch=batch,
+        candidates_only=scfg.transnetv2_frames == "candidates",
+        dilate=int(scfg.transnetv2_dilate))
+    # Frames between a frame's push and its last possible cut: its window's last frame comes
+    # 75 frames later (+ the run end), and a batch waits for `batch - 1` more windows.
+    self.lag = tn.CONTEXT + tn.STEP + 5 + tn.STEP * (self.stream.batch - 1)
     self.size = tn.INPUT_HW
     self.pos, self.run_start = 0, None
 
-  def push(self, frame_bgr: np.ndarray) -> list[int]:
+  def push(self, frame_bgr: np.ndarray, candidate: bool = True) -> list[int]:
     small = cv2.resize(frame_bgr, self.size[::-1], interpolation=cv2.INTER_AREA)[..., ::-1]
-    return self._cuts(self.stream.push(np.ascontiguousarray(small)))
+    return self._cuts(self.stream.push(np.ascontiguousarray(small), candidate))
 
   def finish(self) -> list[int]:
     return self._cuts(self.stream.finish())
@@ -182,9 +234,9 @@ def split_segment(start: int, end: int, levels: np.ndarray, base: int,
   """Pure core: [start, end) of one shot -> spans without black/fading frames, min/max applied.
 
   `levels[i - base]` is frame i's peak level (max over pixels of max(B, G, R)): the peak,
-  not the mean, so small bright objects on a black background still count. Frames below `black_level` split the shot; at
-  the ends of each remaining run, frames below `fade_trim_ratio` x the run's median level
-  (the dim part of a fade) are trimmed.
+  not the mean, so small bright objects on a black background still count. Frames below
+  `black_level` split the shot; at the ends of each remaining run, frames below
+  `fade_trim_ratio` x the run's median level (the dim part of a fade) are trimmed.
   """
   lv = np.asarray(levels[start - base:end - base], np.float32)
   dark = lv < scfg.black_level
@@ -223,15 +275,17 @@ class SceneSplitter:
   def __init__(self, scfg, fps: fractions.Fraction, keep_frames: bool = False,
                transnet=None):
     self.cfg, self.fps, self.keep_frames = scfg, fractions.Fraction(fps), keep_frames
-    self.scorer = FrameScorer(bool(scfg.luma_only))
+    cascade = "transnetv2" in scfg.detectors and scfg.transnetv2_frames == "candidates"
+    self.scorer = FrameScorer(bool(scfg.luma_only),
+                              hist_lag=int(scfg.transnetv2_gate_lag) if cascade else 0)
     self.detectors = make_detectors(scfg, self.scorer)
-    self.transnet = None
+    self.transnet, self.gate = None, CandidateGate(scfg) if cascade else None
     if "transnetv2" in scfg.detectors:
       self.transnet = (transnet if isinstance(transnet, TransNetV2Cuts)
                        else TransNetV2Cuts(scfg, transnet))
     self.cuts: dict[str, list[int]] = {name: [] for name in scfg.detectors}
     self.lag = max(int(scfg.min_scene_len), int(scfg.adaptive_window_width)) + 2 + int(
-        scfg.merge_window) + (TransNetV2Cuts.LAG if self.transnet else 0)
+        scfg.merge_window) + (self.transnet.lag if self.transnet else 0)
     self.base = 0           # first frame not yet emitted
     self.count = 0          # frames pushed
     self.levels: list[float] = []   # peak level per frame, from `base` on
@@ -249,7 +303,8 @@ class SceneSplitter:
     for name, det in self.detectors.items():
       self.cuts[name].extend(int(c.frame_num) for c in det.process_frame(tc, frame_bgr))
     if self.transnet is not None:
-      self.cuts["transnetv2"].extend(self.transnet.push(frame_bgr))
+      candidate = self.gate is None or self.gate(self.scorer)
+      self.cuts["transnetv2"].extend(self.transnet.push(frame_bgr, candidate))
     self.levels.append(self.scorer.level)
     if self.keep_frames:
       self.frames.append(frame_bgr)

