@@ -3,9 +3,11 @@
 Batched: the conditional and unconditional branches run as ONE forward over a doubled batch.
 Separate (the reference, same run): two forwards per step. Each runs on the mesh over every
 device (on a CPU the host is split into one device per core, like the chips of an accelerator
-host) and on a single device; ratio = best batched / best separate (goal <= 0.7). With one
-sample the batched forward puts its two branches on two devices; separate forwards of one
-sample cannot be split. Random weights: the timing does not depend on their values.
+host) and on a single device. Headline `ratio` = batched / separate at the SAME placement, the
+mesh (goal <= 0.7); `ratio_same_placement` has it per placement and `ratio_best_vs_best` pits
+the best batched against the best separate whatever their placement (with one sample the
+batched forward puts its two branches on two devices, separate forwards of one sample cannot
+be split). Random weights: the timing does not depend on their values.
 """
 from __future__ import annotations
 
@@ -111,6 +113,7 @@ def main() -> None:
   times = interleaved_seconds_per_sample(samplers, cond, null, args.repeats)
   best = {mode: min(v for k, v in times.items() if k.startswith(mode + "/"))
           for mode in ("batched", "separate")}
+  same = {w: round(times[f"batched/{w}"] / times[f"separate/{w}"], 4) for w in placements()}
   print(json.dumps({
       "benchmark": "sample", "task": "t2v",
       "preset": args.preset,
@@ -118,11 +121,11 @@ def main() -> None:
       "batch": args.batch, "steps": args.steps, "devices": jax.device_count(),
       "backend": jax.default_backend(),
       "s_per_sample": {k: round(v, 4) for k, v in times.items()},
-      "ratio_same_placement": {w: round(times[f"batched/{w}"] / times[f"separate/{w}"], 4)
-                               for w in placements()},
+      "ratio_same_placement": same,
       "s_per_sample_batched": round(best["batched"], 4),
       "s_per_sample_separate": round(best["separate"], 4),
-      "ratio": round(best["batched"] / best["separate"], 4), "goal": "<= 0.7"}))
+      "ratio_best_vs_best": round(best["batched"] / best["separate"], 4),
+      "ratio": same["mesh"], "placement": "mesh", "goal": "<= 0.7"}))
 
 
 if __name__ == "__main__":
