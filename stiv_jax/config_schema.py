@@ -32,8 +32,6 @@ Sections (`describe(train_config())` prints every field with its default):
                 {path, include, exclude, use_ema}), rope_from_config, allow_missing
   lora          LoRA fine-tuning (stiv_jax/lora.py): rank (0 = off), alpha, dropout, targets
                 (regex over parameter names); the base comes from init.sources, frozen
-  lora          LoRA fine-tuning (stiv_jax/lora.py): rank (0 = off), alpha, dropout, targets
-                (regex over parameter names); the base comes from init.sources, frozen
   sampling      stiv_jax.sampling.SamplerConfig: solver, steps, schedule, shift, guidance...
   eval          during-training evaluation every eval.every_steps (0 = off): val loss at fixed
                 t on the data.holdout records, a sample grid, synthetic_score
@@ -101,6 +99,11 @@ def model_config(size: str = "XL", **overrides) -> ml_collections.ConfigDict:
   c.text_dim = 1280          # text encoder width (the paper's CLIP-style tower: 1280)
   c.freq_dim = 256           # sinusoidal embedding size of time and micro-conditions
   c.micro_conditions = True
+  # Output: 'velocity' (the paper: the network's output is v = x1 - eps) or 'data' (the network
+  # predicts the clean latents x1 and returns v = (x1_hat - x_t) / max(1 - t, prediction_min_gap),
+  # so the noise is removed analytically; the CPU demo, pixel-space stand-in latents).
+  c.prediction = "velocity"
+  c.prediction_min_gap = 0.05
   # RoPE: positions are multiplied by these factors (old_len / new_len to interpolate).
   c.rope_theta = 10000.0
   c.rope_scale_t = 1.0
@@ -113,7 +116,13 @@ def model_config(size: str = "XL", **overrides) -> ml_collections.ConfigDict:
   c.dtype = "float32"        # compute dtype: 'float32' or 'bfloat16'
   c.remat = "save_self_attn"  # none | full | save_self_attn | save_dots_no_batch
   c.scan_blocks = True
-  c.attention_impl = "xla"   # jax.nn.dot_product_attention implementation: xla | cudnn | auto
+  # Attention kernel (stiv_jax.models.attention.attend): xla | cudnn (GPU flash attention via
+  # jax.nn.dot_product_attention) | splash (TPU Pallas kernel; interpreted off TPU) | auto
+  # (splash on TPU, jax's own choice elsewhere).
+  c.attention_impl = "xla"
+  # Modulation: 'shared' (adaLN-single, PixArt-alpha: one projection of the condition vector,
+  # a learned table per block) | 'per_block' (DiT: each block its own SiLU + Linear).
+  c.adaln = "shared"
   _apply(c, overrides, "model")
   return c
 
@@ -300,7 +309,6 @@ def train_config() -> ml_collections.ConfigDict:
   c.init.allow_missing = ""     # regex of target params that may stay freshly initialised
 
   c.lora = lora_config()
-  c.lora = lora_config()
   c.sampling = sampling_config()
   c.eval = eval_config()
   return c
@@ -321,18 +329,65 @@ def lora_config(**overrides) -> ml_collections.ConfigDict:
   return c
 
 
-# Attention q/k/v/o and FFN kernels of the main and decoder block stacks.
-LORA_TARGETS = r"^(blocks|decoder)/((spatial|temporal|cross)/[qkvo]|fc[12])/kernel$"
+DEMO_NUM_VIDEOS = 512   # videos of the demo corpus (make demo's DEMO_VIDEOS, stiv-bench demo-quality)
+DEMO_ARGS = ("runlocal", "masked0", "tiny")
 
 
-def lora_config(**overrides) -> ml_collections.ConfigDict:
-  """The `lora` section (stiv_jax/lora.py): rank 0 or empty targets = off (full training)."""
-  c = ml_collections.ConfigDict()
-  c.rank = 0                 # adapter rank r; 0 = off
-  c.alpha = 16.0             # effective kernel W + (alpha / r) A B
-  c.dropout = 0.0            # drop rate of the adapters' input features
-  c.targets = LORA_TARGETS   # regex searched in parameter names ('blocks/spatial/q/kernel')
-  _apply(c, overrides, "lora")
+def demo_train_config(arg: str | None = None) -> ml_collections.ConfigDict:
+  """The CPU demo recipe (`make demo`, `stiv-bench demo-quality`): the 'demo' preset on the
+  synthetic corpus, T2V + TI2V, what a 2-core CPU learns shape and motion with in minutes
+  (WORKSPACE.md, "Demo quality", has the evidence for each choice). The paper's defaults stay
+  those of train_config(); this recipe replaces them.
+
+  arg (comma-separated, optional): runlocal (a few steps), masked0 (mask ratio 0), tiny (the
+  unit-test model, 32 px, 4 frames, quick compiles, with the paper's model defaults: masked,
+  velocity output; no held-out split and no during-training evaluation).
+  """
+  args = set(filter(None, (arg or "").split(",")))
+  unknown = args - set(DEMO_ARGS)
+  if unknown:
+    raise ValueError(f"demo config: unknown argument(s) {sorted(unknown)}; expected some of "
+                     f"{DEMO_ARGS}")
+  c = train_config()
+  # Unmasked, and the network predicts the clean latents: with the pixel-space stand-in VAE
+  # every bit of latent noise a velocity network fails to pass through is left in the sample.
+  c.model, c.vae, c.text = cpu_preset("demo", mask_ratio=0.0, prediction="data")
+  c.data.path = "workdir/demo_data/prep/shards"  # make demo: stiv-prep run --output=...prep
+  c.data.batch_size = 8
+  c.data.holdout = 16               # records never trained on: the validation loss, TI2V grid
+  c.optimizer.lr = 1e-3
+  c.optimizer.warmup_steps = 20
+  c.optimizer.ema_decay = 0.999
+  c.optimizer.ema_warmup = True
+  c.optimizer.min_dim_size_to_factor = 64
+  c.train.num_steps = 1200
+  c.checkpoint.every_steps = 200
+  c.checkpoint.keep_last = 2
+  c.checkpoint.keep_every = 0
+  c.metrics.every_steps = 25
+  c.sampling.steps = 25
+  c.sampling.guidance = 3.0
+  from stiv_jax.eval import synthetic
+  c.eval.every_steps = 300
+  c.eval.prompts = tuple(synthetic.load_prompts("tune"))
+  c.eval.synthetic_score = True
+  c.eval.ti2v_samples = 4
+  c.eval.max_batches = 2
+  if "tiny" in args:  # the unit-test model with the paper's model defaults (masked, velocity)
+    c.model, c.vae, c.text = cpu_preset("tiny")
+    c.optimizer.min_dim_size_to_factor = 16
+    c.train.fast_compile = True
+    c.data.holdout = 0
+    c.eval.every_steps = 0
+  if "masked0" in args:
+    c.model.mask_ratio = 0.0
+  if "runlocal" in args:
+    c.train.num_steps = 6
+    c.checkpoint.every_steps = 2
+    c.metrics.every_steps = 2
+    c.eval.every_steps = 6
+    c.eval.prompts = c.eval.prompts[:2]
+    c.sampling.steps = 2
   return c
 
 

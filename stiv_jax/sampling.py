@@ -213,6 +213,23 @@ def _branch(cond: Mapping[str, Array], null: Mapping[str, Array], text: bool,
 
 
 @dataclasses.dataclass(frozen=True)
+class ActivationLayout:
+  """The mesh and logical rules the model's activation constraints read while the step traces
+  (batch over the sampler's batch axes, frames / positions over the context axis)."""
+
+  mesh: jax.sharding.Mesh
+  rules: tuple[tuple[str, tuple[str, ...]], ...]
+
+
+def activation_layout(mesh: jax.sharding.Mesh, rules: Mapping[str, tuple[str, ...]],
+                      batch_axes: Sequence[str]) -> ActivationLayout:
+  """The sampler's activation layout: the train rules with 'batch' = the forward's batch axes."""
+  act = dict(rules)
+  act["batch"] = tuple(batch_axes)
+  return ActivationLayout(mesh, tuple(sorted(act.items())))
+
+
+@dataclasses.dataclass(frozen=True)
 class BranchSharding:
   """Where a batched-CFG forward's inputs are (batch-sharded or replicated) and where its
   interleaved batch of branches runs (sharded over the batch axes)."""
@@ -330,28 +347,32 @@ def model_apply_fn(graphdef: nnx.GraphDef) -> ApplyFn:
 
 @functools.lru_cache(maxsize=16)
 def _cached_step(graphdef: nnx.GraphDef, cfg: SamplerConfig,
-                 sharding: BranchSharding | None):
-  """One jitted step per (model structure, sampler choices, branch sharding): repeated
+                 sharding: BranchSharding | None, layout: ActivationLayout | None = None):
+  """One jitted step per (model structure, sampler choices, branch sharding, layout): repeated
   samplers (CLI calls in one process, samples every N training steps) reuse its compilations."""
-  return _new_step(model_apply_fn(graphdef), cfg, sharding)
+  return _new_step(model_apply_fn(graphdef), cfg, sharding, layout)
 
 
-def _new_step(apply: ApplyFn, cfg: SamplerConfig, sharding: BranchSharding | None):
+def _new_step(apply: ApplyFn, cfg: SamplerConfig, sharding: BranchSharding | None,
+              layout: ActivationLayout | None = None):
   """The jitted `grid_step` (params, x, i, times, cond, null, eps0, sde_key) -> x. The new x
   keeps the inputs' sharding (left free, XLA may pick a tiling the mesh cannot name)."""
-  return jax.jit(functools.partial(grid_step, apply, cfg, sharding=sharding),
-                 out_shardings=None if sharding is None else sharding.inputs)
+  from stiv_jax import sharding as shd
+  step = functools.partial(grid_step, apply, cfg, sharding=sharding)
+  if layout is not None:
+    step = shd.under_rules(step, layout.mesh, dict(layout.rules))
+  return jax.jit(step, out_shardings=None if sharding is None else sharding.inputs)
 
 
 def jitted_step(graphdef: nnx.GraphDef, cfg: SamplerConfig,
-                sharding: BranchSharding | None = None):
+                sharding: BranchSharding | None = None, layout: ActivationLayout | None = None):
   """The jitted grid step for a model graph, shared by samplers that differ only in their step
   count (each count compiles once: it is the shape of `times`)."""
   key_cfg = dataclasses.replace(cfg, steps=1)
   try:
-    return _cached_step(graphdef, key_cfg, sharding)
+    return _cached_step(graphdef, key_cfg, sharding, layout)
   except TypeError:  # an unhashable graph: compile for this sampler only
-    return _new_step(model_apply_fn(graphdef), cfg, sharding)
+    return _new_step(model_apply_fn(graphdef), cfg, sharding, layout)
 
 
 def initial_noise(seed: int, batch: int, shape: Sequence[int], offset: int = 0) -> Array:
@@ -376,7 +397,9 @@ class Sampler:
                apply: ApplyFn | None = None, rules: Mapping[str, tuple[str, ...]] | None = None,
                params: Any = None):
     """rules: logical -> mesh axes (stiv_jax.sharding) placing parameters that are not on
-    `mesh` yet by their logical axes (fsdp / tensor); without, they are replicated.
+    `mesh` yet by their logical axes (fsdp / tensor); without, they are replicated. With
+    rules the model's activations follow them too ('batch' = the sampler's batch axes; a
+    'context' mesh axis splits each clip's frames / positions, stiv_jax/models/partitioning.py).
     params: a pytree used instead of the model's state (with `apply`, e.g. base weights plus
     unmerged LoRA adapters), placed the same way."""
     self.cfg = cfg
@@ -391,6 +414,7 @@ class Sampler:
     self._replicated = NamedSharding(self.mesh, P())
     # Model evaluations that share one forward; its batch is what must divide the mesh.
     self.forward_branches = num_branches(cfg) if cfg.batched_cfg else 1
+    self.layout = activation_layout(self.mesh, rules, axes) if rules is not None else None
     self._graphdef, self._apply, self._steps = graphdef, apply, {}
 
   def step_for(self, sharded_inputs: bool):
@@ -401,8 +425,8 @@ class Sampler:
         inputs = self._batch_sharding if sharded_inputs else self._replicated
         sharding = BranchSharding(inputs, self._batch_sharding)
       self._steps[sharded_inputs] = (
-          jitted_step(self._graphdef, self.cfg, sharding) if self._apply is None
-          else _new_step(self._apply, self.cfg, sharding))
+          jitted_step(self._graphdef, self.cfg, sharding, self.layout) if self._apply is None
+          else _new_step(self._apply, self.cfg, sharding, self.layout))
     return self._steps[sharded_inputs]
 
   def _place_params(self, tree: Any, rules: Mapping[str, tuple[str, ...]] | None) -> Any:

@@ -1,28 +1,37 @@
-"""Device mesh (data, fsdp, tensor) from the config, logical-axis rules, and state/batch shardings.
+"""Device mesh (data, fsdp, context, tensor) from the config, logical-axis rules, and
+state/batch shardings.
 
 Parameters carry logical axis names (WORKSPACE.md); the `mesh.rules` config section maps each
 name to mesh axes. A dimension whose size a mapped axis does not divide is replicated (and the
 rule table says so in `describe_shardings`), so tiny test models still compile on any mesh.
+Activations use the same rules ('batch', and 'frames' / 'positions' for the two layouts of
+context parallelism, stiv_jax/models/partitioning.py); `validate_model_mesh` checks that a
+model's token grid divides the context axis before anything compiles.
 """
 from __future__ import annotations
 
 import math
-from typing import Any, Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import jax
 import ml_collections
 from flax import nnx
+from flax.core import spmd
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
-MESH_AXES = ("data", "fsdp", "tensor")
+# 'context' sits next to 'tensor' (the innermost, nearest devices): its all-to-alls move a whole
+# block's activations twice per block.
+MESH_AXES = ("data", "fsdp", "context", "tensor")
 LOGICAL_AXES = ("batch", "embed", "mlp", "heads", "kv", "qkv", "adaln", "patch", "text_embed",
-                "cond", "layers")
+                "cond", "layers", "frames", "positions")
 Rules = Mapping[str, tuple[str, ...]]
 
 
 def default_rules() -> ml_collections.ConfigDict:
-  """Default logical -> mesh rules: FSDP over embed, tensor over heads/mlp, batch over data+fsdp.
+  """Default logical -> mesh rules: FSDP over embed, tensor over heads/mlp, batch over data+fsdp,
+  token frames (spatial-attention layout) and spatial positions (temporal-attention layout) of
+  the activations over context.
 
   Values are comma-separated mesh axes ('' = replicated) so they can be overridden from the
   command line (--config.mesh.rules.embed=fsdp,tensor).
@@ -30,21 +39,25 @@ def default_rules() -> ml_collections.ConfigDict:
   return ml_collections.ConfigDict({
       "batch": "data,fsdp", "embed": "fsdp", "mlp": "tensor", "heads": "tensor", "kv": "",
       "qkv": "", "adaln": "tensor", "patch": "", "text_embed": "", "cond": "", "layers": "",
+      "frames": "context", "positions": "context",
   })
 
 
 PARTITIONERS = ("gspmd", "shardy")
 
 
-def mesh_config(data: int = -1, fsdp: int = 1, tensor: int = 1) -> ml_collections.ConfigDict:
+def mesh_config(data: int = -1, fsdp: int = 1, tensor: int = 1,
+                context: int = 1) -> ml_collections.ConfigDict:
   """The `mesh` config section: axis sizes (-1 = all remaining devices), rules, partitioner.
 
-  partitioner 'gspmd' is the default because Shardy (jax 0.10.2, XLA CPU) miscompiles the
-  MaskDiT + cross-attention forward when 'embed' is sharded over fsdp and the batch over
-  data+fsdp on a (2, 2, 2) mesh (outputs off by ~40%); tests/test_sharding.py guards this.
+  context > 1 splits each clip over that many devices (context parallelism: frames for the
+  spatial attention, spatial positions for the temporal attention); its devices share one batch
+  shard. partitioner 'gspmd' is the default (GSPMD and Shardy pass the same mesh tests once the
+  modulation vectors are pinned, see experiments/repro/shardy_miscompile.py).
   """
-  return ml_collections.ConfigDict({"data": data, "fsdp": fsdp, "tensor": tensor,
-                                    "rules": default_rules(), "partitioner": "gspmd"})
+  return ml_collections.ConfigDict({"data": data, "fsdp": fsdp, "context": context,
+                                    "tensor": tensor, "rules": default_rules(),
+                                    "partitioner": "gspmd"})
 
 
 def set_partitioner(cfg: Any) -> None:
@@ -55,9 +68,10 @@ def set_partitioner(cfg: Any) -> None:
   jax.config.update("jax_use_shardy_partitioner", name == "shardy")
 
 
-def mesh_shape(cfg: Any, num_devices: int) -> tuple[int, int, int]:
-  """Resolves (data, fsdp, tensor) sizes; at most one may be -1 and takes the rest."""
-  sizes = [int(cfg[a]) for a in MESH_AXES]
+def mesh_shape(cfg: Any, num_devices: int) -> tuple[int, ...]:
+  """Resolves the sizes of MESH_AXES (an axis the config lacks is 1, so configs written before
+  the context axis still load); at most one may be -1 and takes the rest."""
+  sizes = [int(cfg.get(a, 1)) for a in MESH_AXES]
   free = [i for i, s in enumerate(sizes) if s == -1]
   for a, s in zip(MESH_AXES, sizes):
     if s == 0 or s < -1:
@@ -77,11 +91,52 @@ def mesh_shape(cfg: Any, num_devices: int) -> tuple[int, int, int]:
 
 
 def make_mesh(cfg: Any, devices: Sequence[jax.Device] | None = None) -> Mesh:
-  """Builds the (data, fsdp, tensor) mesh with Auto axis types over `devices` (default all)."""
+  """Builds the MESH_AXES mesh with Auto axis types over `devices` (default all)."""
   devices = list(devices) if devices is not None else jax.devices()
   shape = mesh_shape(cfg, len(devices))
-  return jax.make_mesh(shape, MESH_AXES, axis_types=(jax.sharding.AxisType.Auto,) * 3,
+  return jax.make_mesh(shape, MESH_AXES,
+                       axis_types=(jax.sharding.AxisType.Auto,) * len(MESH_AXES),
                        devices=devices)
+
+
+def validate_model_mesh(model_cfg: Any, mesh_sizes: Mapping[str, int],
+                        rules: Rules | None = None) -> None:
+  """Fails before any compile when the model's default bucket cannot be split over the context
+  axis: its token frames (num_frames / patch_t) and its spatial positions (all of them, and the
+  MaskDiT-kept ones) must divide mesh.context, and the 'frames' / 'positions' rules must map to
+  it. (Another bucket whose grid does not divide runs that axis replicated, still correct.)"""
+  context = int(mesh_sizes.get("context", 1))
+  if context == 1:
+    return
+  if rules is not None:
+    for name in ("frames", "positions"):
+      if "context" not in rules.get(name, ()):
+        raise ValueError(f"mesh.rules.{name}={','.join(rules.get(name, ()))!r}: must include "
+                         f"'context' when mesh.context={context}")
+  frames = max(int(model_cfg.num_frames), int(model_cfg.patch_t)) // int(model_cfg.patch_t)
+  if frames % context:
+    raise ValueError(f"mesh.context={context} does not divide the {frames} token frames of "
+                     f"model.num_frames={model_cfg.num_frames} (patch_t={model_cfg.patch_t})")
+  ps = int(model_cfg.patch_s)
+  spatial = (int(model_cfg.latent_height) // ps) * (int(model_cfg.latent_width) // ps)
+  kept = max(1, int(round(spatial * (1.0 - float(model_cfg.mask_ratio)))))
+  for what, n in (("spatial positions", spatial), ("MaskDiT-kept positions", kept)):
+    if n % context:
+      raise ValueError(f"mesh.context={context} does not divide the {n} {what} of the "
+                       f"{model_cfg.latent_height}x{model_cfg.latent_width} latent "
+                       f"(patch_s={ps}, mask_ratio={model_cfg.mask_ratio})")
+
+
+def under_rules(fn: Callable, mesh: Mesh, rules: Rules) -> Callable:
+  """fn traced with `rules` as flax's logical-axis rules and `mesh`'s abstract mesh active: what
+  the model's activation constraints (stiv_jax/models/partitioning.py) read."""
+  items = tuple(rules.items())
+
+  def wrapped(*args, **kwargs):
+    with jax.sharding.use_abstract_mesh(mesh.abstract_mesh), spmd.logical_axis_rules(items):
+      return fn(*args, **kwargs)
+
+  return wrapped
 
 
 def rules_from_config(cfg: Any) -> dict[str, tuple[str, ...]]:
@@ -100,9 +155,12 @@ def rules_from_config(cfg: Any) -> dict[str, tuple[str, ...]]:
   return rules
 
 
-def logical_to_mesh(logical: Sequence[str | None] | None, shape: Sequence[int], mesh: Mesh,
-                    rules: Rules) -> P:
-  """Maps a logical spec to a mesh PartitionSpec; replicates dims the axes do not divide."""
+def logical_to_mesh(logical: Sequence[str | tuple[str, ...] | None] | None, shape: Sequence[int],
+                    mesh: Mesh | jax.sharding.AbstractMesh, rules: Rules) -> P:
+  """Maps a logical spec to a mesh PartitionSpec; replicates dims the axes do not divide.
+
+  A dim may name several logical axes (a merged dim, e.g. ('batch', 'frames') for B*Tp, major
+  first); mesh axes the mesh lacks are skipped, each mesh axis is used at most once."""
   if not logical:
     return P()
   if len(logical) != len(shape):
@@ -110,7 +168,9 @@ def logical_to_mesh(logical: Sequence[str | None] | None, shape: Sequence[int], 
   used: set[str] = set()
   out = []
   for name, size in zip(logical, shape):
-    axes = tuple(a for a in rules.get(name, ()) if a not in used) if name else ()
+    names = (name,) if isinstance(name, str) else tuple(name or ())
+    axes = tuple(dict.fromkeys(a for n in names for a in rules.get(n, ())
+                               if a not in used and a in mesh.shape))
     n = math.prod(mesh.shape[a] for a in axes) if axes else 1
     if not axes or size % n:
       out.append(None)

@@ -155,12 +155,13 @@ def test_detector_reads_every_attribute_of_rendered_videos():
   scenes = all_scenes()
   videos, prompts = [v for v, _ in scenes], [p for _, p in scenes]
   assert synthetic.score(videos, prompts) == {"color": 1.0, "shape": 1.0, "direction": 1.0,
-                                              "all": 1.0, "n": 84}
+                                              "all": 1.0, "background": 0.0, "n": 84}
   # Through the demo's pixel VAE (4x average pooling, blocky decode) it still reads them.
   vae = PixelSpaceVAE(4, 4)
   decoded = [video_io.to_uint8(vae.decode(vae.encode(video_io.to_unit(v)))) for v in videos]
   s = synthetic.score(decoded, prompts)
   assert s["color"] == 1.0 and s["direction"] == 1.0 and s["shape"] >= 0.95
+  assert s["background"] == 0.0
   # Wrong prompts are scored as wrong.
   wrong = [p.replace("moving", "x").replace("circle", "square") for p in prompts]
   assert synthetic.score(videos, wrong)["shape"] == pytest.approx(2 / 3)
@@ -200,29 +201,58 @@ def test_synthetic_score_cli_prints_one_json_line(tmp_path, capsys):
 # ----------------------------------------------------------------------------- during training
 
 
-def test_during_training_eval():
+def test_background_level_and_one_shape_renderer():
+  video = all_scenes(size=32, frames=4)[0][0]
+  assert synthetic.background_level(video) == 0.0
+  noisy = np.clip(video.astype(int) + 26, 0, 255).astype(np.uint8)  # +0.1 everywhere
+  assert synthetic.background_level(noisy) == pytest.approx(26 / 255, abs=1e-6)
+  # The detector's templates are the corpus geometry (stiv_jax.data.synthetic.shape_mask).
+  for shape in synthetic.SHAPES:
+    cov = synthetic.render_shape(shape, 10.0, 12.0, 5.0, 24, 24, supersample=1)
+    np.testing.assert_array_equal(cov, synth.shape_mask(shape, 10.0, 12.0, 5.0, 24))
+
+
+@pytest.fixture(scope="module")
+def small_model():
   cfg = schema.model_config("small", latent_height=8, latent_width=8, num_frames=4, text_dim=16,
                             latent_channels=4, mask_ratio=0.0, remat="none")
   abstract = nnx.eval_shape(lambda: STIV(cfg, rngs=nnx.Rngs(params=0)))
   graphdef, params, rest = nnx.split(abstract, nnx.Param, ...)
   rng = np.random.default_rng(0)
   params = jax.tree.map(lambda a: jnp.asarray(0.05 * rng.standard_normal(a.shape), a.dtype), params)
-  model = nnx.merge(graphdef, params, rest)
+  return cfg, nnx.merge(graphdef, params, rest)
+
+
+def test_during_training_eval(small_model):
+  cfg, model = small_model
+  rng = np.random.default_rng(0)
   text = HashTextEncoder(16, 8)
-  tok, mask, pooled = text.encode_text(["a red circle moving right"] * 2)
+  prompt = "a red circle moving right"
+  tok, mask, pooled = text.encode_text([prompt] * 2)
   batch = {"latents": rng.standard_normal((2, 4, 8, 8, 4)).astype("f4"), "text": tok,
-           "text_mask": mask, "pooled": pooled, "micro": np.tile([32, 32, 0, 0, 1, 4], (2, 1)).astype("f4")}
-  config = schema.ml_collections.ConfigDict({"model": cfg})
-  ev = during_training.DuringTrainingEval(
-      config, [batch], text, PixelSpaceVAE(4, 4),
-      during_training.EvalConfig(sample_steps=2, prompts=("a red circle moving right",), ti2v_samples=1))
+           "text_mask": mask, "pooled": pooled,
+           "micro": np.tile([32, 32, 0, 0, 1, 4], (2, 1)).astype("f4"),
+           "caption": np.asarray([prompt] * 2)}
+  config = schema.ml_collections.ConfigDict({
+      "model": cfg, "sampling": schema.sampling_config(steps=2),
+      "eval": schema.eval_config(every_steps=5, prompts=(prompt,), ti2v_samples=1,
+                                 synthetic_score=True)})
+  ev = during_training.DuringTrainingEval(config, [batch], text, PixelSpaceVAE(4, 4))
+  assert ev.due(5) and ev.due(10) and not ev.due(7) and ev.due(7, last_step=7)
+  assert ev.sampler_cfg.steps == 2 and ev.sampler_cfg.guidance == 7.5
   a, b = ev.validation_loss(model), ev.validation_loss(model)
-  assert set(a) == {"val/loss", "val/loss_t0.00-0.25", "val/loss_t0.25-0.50",
-                    "val/loss_t0.50-0.75", "val/loss_t0.75-1.00"}
-  assert a == b and all(np.isfinite(v) and v > 0 for v in a.values())
-  vids = ev.samples(model)
-  assert sorted(vids) == ["samples/t2v_0_a_red_circle_moving_right", "samples/ti2v_0"]
-  assert all(v.shape == (4, 32, 32, 3) and v.dtype == np.uint8 for v in vids.values())
+  assert set(a) == {"val/loss", "val/loss_t0.125", "val/loss_t0.375", "val/loss_t0.625",
+                    "val/loss_t0.875"}
+  assert a == b and all(np.isfinite(v) and v > 0 for v in a.values())  # fixed t and noise
+  scalars, images = ev.run(5, model)
+  assert {k: scalars[k] for k in a} == a
+  for task in ("t2v", "ti2v"):
+    assert {f"score/{task}_{k}" for k in ("color", "shape", "direction", "all", "background")} \
+        <= set(scalars)
+  assert sorted(images) == ["samples/t2v", "samples/ti2v"]
+  # One row per sample, one column per frame (2 px padding).
+  assert all(im.shape == (34 + 2, 4 * 34 + 2, 3) and im.dtype == np.uint8 for im in images.values())
+  assert ev.seconds > 0 and scalars["eval/seconds"] > 0
 
   class Writer:
     def __init__(self):
@@ -235,7 +265,16 @@ def test_during_training_eval():
       self.items.append(a)
 
   w = Writer()
-  during_training.log_to_tensorboard(w, 5, a, vids)
-  assert len(w.items) == 7
+  during_training.log_to_tensorboard(w, 5, scalars, images)
+  assert len(w.items) == len(scalars) + 2
+  # No held-out records: samples only, no loss.
+  assert during_training.DuringTrainingEval(config, [], text, PixelSpaceVAE(4, 4)
+                                            ).validation_loss(model) == {}
   with pytest.raises(ValueError, match="eval.cond_mode"):
     during_training.EvalConfig.from_config({"cond_mode": "sideways"})
+  with pytest.raises(ValueError, match="eval: unknown fields"):
+    during_training.EvalConfig.from_config({"every": 3})
+  bad = schema.ml_collections.ConfigDict(config.to_dict())
+  bad.eval.prompts = ("a sunset over the sea",)
+  with pytest.raises(ValueError, match="not a synthetic prompt"):
+    during_training.DuringTrainingEval(bad, [], text, PixelSpaceVAE(4, 4))

@@ -230,7 +230,32 @@ def test_patchify_roundtrip():
   np.testing.assert_array_equal(embeddings.unpatchify(p, 2, 2, 4, 3, 3), x)
 
 
+def test_per_block_adaln_has_its_own_modulation_per_block():
+  """model.adaln='per_block': no shared projection, each block a SiLU + Linear of the condition
+  vector (DiT), no table; the output depends on each block's own projection."""
+  shared = STIV(small_cfg(), rngs=nnx.Rngs(0))
+  per = randomize(STIV(small_cfg(adaln="per_block"), rngs=nnx.Rngs(0)))
+  d, depth = shared.cfg.hidden, shared.cfg.depth
+  assert shared.adaln is not None and per.adaln is None
+  assert per.blocks.adaln.kernel.shape == (depth, d, 6, d)
+  assert per.blocks.adaln.kernel.get_metadata()["out_sharding"] == ("layers", "embed", None,
+                                                                     "adaln")
+  assert not hasattr(per.blocks, "table") and hasattr(shared.blocks, "table")
+  n = lambda m: sum(x.size for x in jax.tree.leaves(nnx.state(m, nnx.Param)))  # noqa: E731
+  blocks = depth + shared.cfg.mask_decoder_depth
+  assert n(per) - n(shared) == (blocks - 1) * (d * 6 * d + 6 * d) - blocks * 6 * d
+  x, t, text, text_mask, pooled, micro = inputs()
+  base = per(x, t, text, text_mask, pooled, micro).velocity
+  assert np.isfinite(np.asarray(base)).all()
+  per.blocks.adaln.kernel[...] = per.blocks.adaln.kernel[...].at[1].multiply(3.0)
+  assert not np.allclose(base, per(x, t, text, text_mask, pooled, micro).velocity, atol=1e-4)
+
+
 @pytest.mark.parametrize("field,value,match", [
+    ("adaln", "single", r"model.adaln: unknown 'single'; expected one of \('shared', "
+                        r"'per_block'\)"),
+    ("attention_impl", "flash", r"model.attention_impl: unknown 'flash'; expected one of "
+                                r"\('xla', 'cudnn', 'splash', 'auto'\)"),
     ("heads", 3, "hidden=64 is not divisible by heads=3"),
     ("num_frames", 5, "num_frames=5 is not divisible by patch_t=2"),
     ("latent_height", 9, "latent_height=9 is not divisible by patch_s=2"),

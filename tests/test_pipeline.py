@@ -148,7 +148,7 @@ def test_orbax_checkpoint_round_trip(data_dir, tmp_path):
 def test_state_mismatch_refused(data_dir):
   state = pipeline.make_iterator({"path": data_dir}, seed=8, batch_size=4).get_state()
   other = pipeline.make_iterator({"path": data_dir}, seed=9, batch_size=4)
-  with pytest.raises(ValueError, match="seed = 8 in the checkpoint but 9"):
+  with pytest.raises(ValueError, match="data.seed is 8 in the checkpoint but 9"):
     other.set_state(state)
   with pytest.raises(ValueError, match="format"):
     other.set_state(b'{"format": "x"}')
@@ -222,3 +222,29 @@ def test_epoch_plan_interleave_is_proportional():
 def test_loader_examples_per_s(data_dir):
   rate = pipeline.loader_examples_per_s({"path": data_dir}, batch_size=5, num_batches=10)
   assert rate > 100
+
+
+def test_holdout_is_fixed_excluded_from_training_and_served(data_dir):
+  cfg = {"path": data_dir, "holdout": 12}
+  held = pipeline.holdout_indices(N, 12)
+  assert list(held) == list(pipeline.holdout_indices(N, 12)) and len(set(held)) == 12
+  it = pipeline.make_iterator(cfg, seed=3, batch_size=6)
+  seen = {i for b in take(it, it.batches_per_epoch) for i in ids(b)}
+  it.close()
+  assert not seen & set(held.tolist())  # never trained on, whatever data.seed
+  batches = pipeline.held_out_batches(cfg, batch_size=5)
+  got = [i for b in batches for i in ids(b)]
+  assert sorted(got) == sorted(held.tolist())
+  assert all(len({b["latents"].shape[1:]}) == 1 and b["caption"].shape == (len(ids(b)),)
+             for b in batches)
+  assert [c for b in batches for c in b["caption"]] == [f"clip {i}" for i in got]
+  assert pipeline.held_out_batches({"path": data_dir}, batch_size=5) == []
+  with pytest.raises(ValueError, match="data.holdout"):
+    pipeline.make_iterator({"path": data_dir, "holdout": N}, seed=0, batch_size=6)
+  with pytest.raises(ValueError, match="data.holdout"):
+    pipeline.make_iterator({"path": data_dir, "holdout": -1}, seed=0, batch_size=6)
+  # The iterator state records the holdout: a checkpoint restores only onto the same split.
+  a = pipeline.make_iterator(cfg, seed=0, batch_size=6)
+  b = pipeline.make_iterator({"path": data_dir, "holdout": 5}, seed=0, batch_size=6)
+  with pytest.raises(ValueError, match="holdout"):
+    b.set_state(a.get_state())

@@ -112,3 +112,107 @@ def test_user_errors(workdir, tmp_path, capsys):
   cfg["model"]["hidden"] = 128
   (bad / "config.json").write_text(json.dumps(cfg))
   expect_error([f"--workdir={bad}", "--prompt=a", "--steps=1"], capsys, "cannot be loaded")
+
+
+def _copy_workdir(workdir, dst, edit=None, scale=None):
+  """A workdir sharing `workdir`'s checkpoint, with its config edited or its EMA scaled."""
+  os.makedirs(dst)
+  with open(os.path.join(workdir, "config.json")) as fh:
+    cfg = json.load(fh)
+  if edit:
+    edit(cfg)
+  (dst / "config.json").write_text(json.dumps(cfg))
+  if scale is None:
+    os.symlink(os.path.join(workdir, "checkpoints"), os.path.join(dst, "checkpoints"))
+    return str(dst)
+  # A checkpoint whose finite EMA weights overflow in the forward.
+  config, _, state, step = ckpt_lib.restore_state(workdir)
+  state = state.replace(ema_params=jax.tree.map(lambda a: a * scale, state.ema_params))
+  config.checkpoint.async_save = False
+  ck = ckpt_lib.Checkpointer(str(dst), config.checkpoint, with_data=False)
+  ck.save(step, state, force=True)
+  ck.close()
+  return str(dst)
+
+
+def strict_json(text):
+  def refuse(name):
+    raise ValueError(f"not JSON: {name}")
+  return json.loads(text, parse_constant=refuse)
+
+
+def test_flag_errors_name_the_flag_and_the_fix(workdir, tmp_path, capsys):
+  base = [f"--workdir={workdir}", f"--out={tmp_path / 'x.mp4'}", "--steps=1", "--prompt=a",
+          "--no-progress"]
+  expect_error(base + ["--guidance=nan"], capsys, "--guidance: must be a finite number >= 0")
+  expect_error(base + ["--guidance=-2"], capsys, "--guidance: must be a finite number >= 0")
+  expect_error(base + ["--text-guidance=inf", "--guidance-mode=sit"], capsys,
+               "--text-guidance: must be a finite number")
+  expect_error(base + ["--num-frames=0"], capsys, "--num-frames: must be >= 1")
+  expect_error(base + ["--num-frames=3"], capsys,
+               "--num-frames=3: this model takes a multiple of its temporal patch")
+  video_io.write_mp4(str(tmp_path / "in.mp4"), np.zeros((4, SIZE, SIZE, 3), np.uint8))
+  expect_error(base + ["--task=v2v", "--num-frames=4", "--first-k=4",
+                       f"--video={tmp_path / 'in.mp4'}"], capsys,
+               "--num-frames=4 does not fit --task=v2v")
+  expect_error(base + ["--mesh=fsdp=3"], capsys, "--mesh")
+  expect_error(base + ["--mesh=pipeline=2"], capsys, "--mesh: expected AXIS=N")
+  expect_error(base + ["--batch-size=0"], capsys, "--batch-size: must be >= 1")
+  expect_error([f"--weights={tmp_path / 'nowhere'}", "--prompt=a"], capsys, "no such path")
+  # A bad scale in the run's own sampling section is named as such.
+  nan_cfg = _copy_workdir(workdir, tmp_path / "nan_cfg",
+                          edit=lambda c: c["sampling"].update(guidance=float("nan")))
+  expect_error([f"--workdir={nan_cfg}", "--steps=1", "--prompt=a", "--no-progress",
+                f"--out={tmp_path / 'y.mp4'}"], capsys, "sampling.guidance of the run's config")
+  # --verbose adds the traceback; the last line is still the one-line error.
+  with pytest.raises(SystemExit):
+    sample.run(base + ["--task=t2x", "--verbose"])
+  err = capsys.readouterr().err
+  assert "Traceback" in err and err.strip().splitlines()[-1].startswith("stiv-sample: error:")
+
+
+def test_warnings_for_cut_and_ignored_prompts(workdir, tmp_path, capsys):
+  long_prompt = "a red circle moving right " * 4   # > max_length=8 hash tokens
+  sample.run([f"--workdir={workdir}", f"--out={tmp_path / 'w.mp4'}", "--steps=2",
+              "--num-samples=2", f"--prompt={long_prompt}", "--no-progress"])
+  captured = capsys.readouterr()
+  assert strict_json(captured.out.strip().splitlines()[-1])["frames"] == 4
+  assert "exceed the text encoder's max_length=8 tokens and are cut" in captured.err
+  video_io.write_png(str(tmp_path / "view.png"), np.zeros((SIZE, SIZE, 3), np.uint8))
+  sample.run([f"--workdir={workdir}", "--task=multiview", f"--out={tmp_path / 'mv.mp4'}",
+              "--steps=2", "--prompt=a blue square", f"--image={tmp_path / 'view.png'}",
+              "--no-progress", "--num-samples=2"])
+  captured = capsys.readouterr()
+  strict_json(captured.out.strip().splitlines()[-1])
+  assert "--task=multiview always samples with the empty prompt" in captured.err
+
+
+def test_non_finite_video_exits_1(workdir, tmp_path, capsys):
+  huge = _copy_workdir(workdir, tmp_path / "huge", scale=1e30)
+  out = tmp_path / "nan.mp4"
+  with pytest.raises(SystemExit) as e:
+    sample.run([f"--workdir={huge}", f"--out={out}", "--steps=2", "--num-samples=2",
+                "--prompt=a", "--no-progress"])
+  captured = capsys.readouterr()
+  assert e.value.code == 1
+  assert "hold NaN/Inf" in captured.err and len(captured.err.strip().splitlines()) == 1
+  summary = strict_json(captured.out.strip().splitlines()[-1])  # still valid JSON
+  assert all(os.path.exists(f) for f in summary["files"])
+
+
+def test_prompts_file_in_batches_on_an_fsdp_mesh(workdir, tmp_path, capsys):
+  """3 prompts in batches of 2 on fsdp=8: a sample does not depend on its batch or mesh."""
+  prompts = tmp_path / "prompts.txt"
+  prompts.write_text("a red circle moving right\n" * 3)
+  summary = run_cli([f"--workdir={workdir}", f"--prompts-file={prompts}", "--steps=2",
+                     f"--out={tmp_path / 'b.mp4'}", "--mesh=fsdp=8", "--batch-size=2",
+                     "--no-progress"], capsys)
+  assert summary["mesh"] == {"data": 1, "fsdp": 8, "context": 1, "tensor": 1}
+  assert summary["batch_size"] == 2
+  assert [os.path.basename(f) for f in summary["files"]] == ["b_000.mp4", "b_001.mp4",
+                                                              "b_002.mp4"]
+  ref = run_cli([f"--workdir={workdir}", "--prompt=a red circle moving right", "--steps=2",
+                 "--num-samples=2", f"--out={tmp_path / 'r.mp4'}", "--no-progress"], capsys)
+  for mine, theirs in zip(summary["files"][:2], ref["files"]):
+    a, b = video_io.read_video(mine), video_io.read_video(theirs)
+    assert np.abs(a.astype(int) - b).mean() < 1.0

@@ -19,7 +19,7 @@ NUM_STEPS = 2
 def _config():
   c = demo.get_config("tiny")
   c.model.depth = 1
-  c.model.mask_decoder_depth = 1   # exercises the decoder stack and its batch constraint
+  c.model.mask_decoder_depth = 1   # exercises the decoder stack and its activation constraint
   c.model.micro_conditions = False
   c.optimizer.warmup_steps = 0
   return c
@@ -98,7 +98,8 @@ def test_same_loss_params_and_shardings(reference, shape):
 
 def test_mesh_shape_and_rules():
   cfg = ml_collections.ConfigDict({"data": -1, "fsdp": 2, "tensor": 2})
-  assert shd.mesh_shape(cfg, 8) == (2, 2, 2)
+  assert shd.mesh_shape(cfg, 8) == (2, 2, 1, 2)   # a config without 'context' has context 1
+  assert shd.mesh_shape(shd.mesh_config(data=-1, context=4), 8) == (2, 1, 4, 1)
   with pytest.raises(ValueError, match="only one axis"):
     shd.mesh_shape(ml_collections.ConfigDict({"data": -1, "fsdp": -1, "tensor": 1}), 8)
   with pytest.raises(ValueError, match="needs 6 devices"):
@@ -113,25 +114,39 @@ def test_mesh_shape_and_rules():
   assert shd.logical_to_mesh(("embed", "heads"), (63, 2), mesh, rules) == P(None, "tensor")
   assert shd.logical_to_mesh(("embed", "embed"), (64, 64), mesh, rules) == P("fsdp", None)
   assert shd.batch_spec(rules, 3) == P(("data", "fsdp"), None, None)
+  # A merged dim takes the axes of each logical name, major first (a size-1 axis is harmless).
+  assert shd.logical_to_mesh((("batch", "frames"), None), (16, 3), mesh, rules) == P(
+      ("data", "fsdp", "context"), None)
+  mesh4 = shd.make_mesh(shd.mesh_config(data=2, context=2, tensor=2), jax.devices()[:8])
+  assert shd.logical_to_mesh((("batch", "frames"), "heads"), (8, 2), mesh4, rules) == P(
+      ("data", "fsdp", "context"), "tensor")
+  data_only = jax.make_mesh((8,), ("data",), axis_types=(jax.sharding.AxisType.Auto,))
+  assert shd.logical_to_mesh(("batch", "frames"), (8, 4), data_only, rules) == P("data", None)
 
 
-def test_constrain_batch_pins_the_batch_axes():
-  """The decoder-stack constraint is a no-op without rules and shards dim 0 with them."""
+def test_activation_constraints_follow_the_rules():
+  """partitioning.constrain is a no-op without rules; with them it pins the logical layout,
+  and the layout switch moves the split from frames to spatial positions."""
   import jax.numpy as jnp
-  from flax.core import spmd
   from jax.sharding import NamedSharding
 
-  from stiv_jax.models.stiv import constrain_batch
+  from stiv_jax.models import partitioning as part
 
-  mesh = shd.make_mesh(shd.mesh_config(data=2, fsdp=4, tensor=1), jax.devices()[:8])
-  x = jnp.ones((8, 3))
-  assert constrain_batch(x) is x
+  mesh = shd.make_mesh(shd.mesh_config(data=2, fsdp=2, context=2), jax.devices()[:8])
+  rules = shd.rules_from_config(shd.default_rules())
+  x = jnp.arange(8 * 4 * 6 * 3, dtype=jnp.float32).reshape(8, 4, 6, 3)   # [B, Tp, K, D]
+  assert part.constrain(x, part.FRAMES) is x
 
   def f(x):
-    with jax.sharding.use_abstract_mesh(mesh.abstract_mesh), \
-        spmd.logical_axis_rules((("batch", ("data", "fsdp")),)):
-      return constrain_batch(x * 2)
+    frames = part.constrain(x * 2, part.FRAMES)
+    return frames, part.to_positions(frames)
 
-  out = jax.jit(f)(jax.device_put(x, NamedSharding(mesh, P())))
-  assert out.sharding.spec[0] == ("data", "fsdp")
-  np.testing.assert_array_equal(np.asarray(out), 2 * np.ones((8, 3)))
+  frames, positions = jax.jit(shd.under_rules(f, mesh, rules))(
+      jax.device_put(x, NamedSharding(mesh, P())))
+  split = NamedSharding(mesh, P(("data", "fsdp"), "context", None, None))
+  assert frames.sharding.is_equivalent_to(split, 4)
+  assert positions.sharding.is_equivalent_to(split, 4)
+  assert positions.shape == (8, 6, 4, 3)
+  assert frames.addressable_shards[0].data.shape == (2, 2, 6, 3)
+  assert positions.addressable_shards[0].data.shape == (2, 3, 4, 3)
+  np.testing.assert_array_equal(np.asarray(positions), 2 * np.asarray(x).transpose(0, 2, 1, 3))

@@ -58,9 +58,13 @@ class SceneSpec:
     return caption_for(self.color, self.shape, self.direction)
 
 
-def shape_mask(shape: str, cx: float, cy: float, radius: float, size: int) -> np.ndarray:
-  """[size, size] bool: pixels (by their centres) inside the shape centred at (cx, cy)."""
-  yy, xx = np.mgrid[0:size, 0:size].astype(np.float32) + 0.5
+def shape_mask(shape: str, cx: float, cy: float, radius: float,
+               size: int | tuple[int, int]) -> np.ndarray:
+  """[H, W] bool (size = H = W, or (H, W)): pixels, by their centres, inside the shape of
+  half-size `radius` centred at (cx, cy). The one definition of the corpus geometry: square of
+  side 2r, circle of radius r, apex-up triangle with base and height 2r."""
+  h, w = (size, size) if np.isscalar(size) else size
+  yy, xx = np.mgrid[0:int(h), 0:int(w)].astype(np.float32) + 0.5
   dx, dy = xx - cx, yy - cy
   if shape == "circle":
     return dx * dx + dy * dy <= radius * radius
@@ -174,10 +178,13 @@ def write_synthetic_shards(output: str, *, num_videos: int, seed: int, vae, text
                            fade_fraction: float = 0.25, chunk: int = 64,
                            target_shard_bytes: int = 64 << 20, latents_dtype: str = "float16",
                            text_dtype: str = "float16", metadata: dict | None = None,
-                           overwrite: bool = False) -> dict:
+                           overwrite: bool = False, stride: int = 1) -> dict:
   """Renders single-scene clips in memory, encodes them, writes latent shards; -> manifest.
 
-  Clip i has frames[i % len(frames)] frames, so several frame counts give several buckets.
+  Clip i has frames[i % len(frames)] frames, so several frame counts give several buckets. Each
+  clip shows its scene's whole motion, as a clip encoded from a longer video at a frame stride
+  would; `stride` is the micro-condition recorded for that (the demo's pipeline encodes its
+  48-frame videos at a stride, so the fast path can record the same micro-conditions).
   """
   check_size(size, vae.spatial_factor)
   frames = tuple(int(f) for f in frames)
@@ -205,7 +212,7 @@ def write_synthetic_shards(output: str, *, num_videos: int, seed: int, vae, text
         w.write(schema_lib.ClipRecord(
             latents=latents, text=tokens[j], text_mask=mask[j], pooled=pooled[j],
             micro={"orig_height": size, "orig_width": size, "crop_top": 0, "crop_left": 0,
-                   "stride": 1, "num_frames": n},
+                   "stride": int(stride), "num_frames": n},
             caption=spec.scenes[0].caption, clip_id=f"synth-{seed}-{i:06d}",
             source=f"synth://seed{seed}/video_{i:05d}", span=(0.0, n / fps),
             caption_source="synthetic"))

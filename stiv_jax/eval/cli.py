@@ -5,6 +5,7 @@
   stiv-eval --fid --real=DIR --fake=DIR --inception-weights=INCEPTION.safetensors
   stiv-eval --workdir=W|--checkpoint=C|--weights=EXPORT [--task=t2v] --prompts-file=FILE --out-dir=D
       [--mesh=fsdp=8 --batch-size=N] [--real=DIR --i3d-weights=...]
+  stiv-eval --workdir=W --synthetic-suite --prompts-file=heldout|tune|FILE --out-dir=D
 
 Prints one JSON object on its last line. The prompts file is one prompt per line matched to the
 MP4s in name order, or a JSON object {file name: prompt}.
@@ -31,6 +32,9 @@ class EvalError(Exception):
 def build_parser() -> argparse.ArgumentParser:
   p = argparse.ArgumentParser(prog="stiv-eval", description=__doc__.splitlines()[0])
   p.add_argument("--synthetic-score", metavar="DIR", help="folder of generated MP4s to score")
+  p.add_argument("--synthetic-suite", action="store_true",
+                 help="with --workdir/--checkpoint: t2v on the prompts and ti2v from rendered "
+                      "first frames of them, scored (writes MP4s and sample grids to --out-dir)")
   p.add_argument("--prompts-file", help="prompts: one per line (name order) or JSON {file: prompt}")
   p.add_argument("--first-frame", help="ti2v: conditioning image, for first-frame fidelity")
   p.add_argument("--last-frame", help="interp: last keyframe, for endpoint fidelity")
@@ -172,10 +176,35 @@ def sample_for_eval(args: argparse.Namespace, prompts: Sequence[str]) -> list[st
   return [f for f in summary["files"] if f.endswith(".mp4")]
 
 
+def synthetic_suite_report(args: argparse.Namespace) -> dict[str, Any]:
+  """--synthetic-suite: the model of --workdir/--checkpoint on synthetic prompts (t2v, and ti2v
+  from rendered first frames); the run's sampling section unless --steps/--guidance are given."""
+  from stiv_jax.eval import synthetic_suite
+  from stiv_jax.train import checkpoint as ckpt_lib
+  if not (args.workdir or args.checkpoint):
+    raise EvalError("--synthetic-suite needs --workdir or --checkpoint (the model to sample)")
+  if not args.prompts_file:
+    raise EvalError("--synthetic-suite needs --prompts-file (or 'heldout' / 'tune')")
+  prompts = synthetic.load_prompts(args.prompts_file)
+  config, model = ckpt_lib.load_ema_model(args.workdir or args.checkpoint)
+  for name in ("steps", "guidance"):
+    if getattr(args, name) is not None:
+      config.sampling[name] = getattr(args, name)
+  report = synthetic_suite.run_suite(model, config, prompts, seed=args.seed, out_dir=args.out_dir)
+  t2v, ti2v = report["t2v"], report["ti2v"]
+  print(f"t2v on {t2v['n']} prompts: color {t2v['color']:.2f}, shape {t2v['shape']:.2f}, "
+        f"direction {t2v['direction']:.2f}, background {t2v['background']:.3f}; "
+        f"ti2v direction {ti2v['direction']:.2f}", flush=True)
+  print(f"Sample grids: {report['sheets']['t2v']}  {report['sheets']['ti2v']}", flush=True)
+  return report
+
+
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
   """Runs the asked evaluations; returns the JSON-ready report."""
   args = build_parser().parse_args(argv)
   report: dict[str, Any] = {}
+  if args.synthetic_suite:
+    return synthetic_suite_report(args)
   if args.workdir or args.checkpoint or args.weights:
     if not args.prompts_file or not os.path.exists(args.prompts_file):
       raise EvalError(f"--prompts-file: no such file {args.prompts_file!r} (prompts to sample)")

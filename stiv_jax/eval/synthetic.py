@@ -9,6 +9,7 @@ by the dominant axis of its centroid's motion. A hand-written detector, NOT a le
 from __future__ import annotations
 
 import dataclasses
+import os
 import re
 from typing import Iterable, Mapping, Sequence
 
@@ -21,6 +22,23 @@ PALETTE = dict(corpus.COLORS)
 SHAPES = tuple(corpus.SHAPES)
 DIRECTIONS = tuple(corpus.DIRECTIONS)
 ATTRIBUTES = ("color", "shape", "direction")
+# Fixed prompt sets over every color, shape and direction: 'tune' (the during-training sample
+# grid, what settings were chosen on) and 'heldout' (final scores only), disjoint.
+PROMPT_SETS = {name: os.path.join(os.path.dirname(__file__), "prompts", f"synthetic_{name}.txt")
+               for name in ("tune", "heldout")}
+
+
+def load_prompts(path: str) -> list[str]:
+  """Prompts of a text file, one per line ('#' comment lines and blank lines skipped); a name
+  of PROMPT_SETS ('tune', 'heldout') reads that set."""
+  path = PROMPT_SETS.get(path, path)
+  if not os.path.isfile(path):
+    raise FileNotFoundError(f"prompts file {path!r} not found")
+  with open(path) as fh:
+    prompts = [ln.strip() for ln in fh if ln.strip() and not ln.lstrip().startswith("#")]
+  if not prompts:
+    raise ValueError(f"prompts file {path}: no prompts")
+  return prompts
 
 
 @dataclasses.dataclass(frozen=True)
@@ -31,6 +49,7 @@ class DetectorConfig:
   rel_contrast: float = 0.5      # ... and at least this fraction of the frame's max distance
   min_pixels: int = 3            # frames with fewer object pixels are skipped
   core_fraction: float = 0.5     # color from the object's most contrasting pixels (this share)
+  background_margin: int = 4     # background level: pixels this far (box) from the object count
   occupancy_floor: float = 0.15  # soft occupancy: distance / object level, zero below this
   compare_factor: int = 4        # shape fit compares box-averaged maps at this factor
   palette: tuple[tuple[str, tuple[int, int, int]], ...] = tuple(PALETTE.items())
@@ -66,22 +85,12 @@ def object_masks(frames: np.ndarray, cfg: DetectorConfig = DetectorConfig()
 
 def render_shape(shape: str, cx: float, cy: float, radius: float, height: int, width: int,
                  supersample: int = 4) -> np.ndarray:
-  """[H, W] float coverage of a shape centred at (cx, cy) with half-size `radius` (pixels).
-
-  Same geometry as the synthetic corpus: square of side 2r, circle of radius r, apex-up
-  triangle with base and height 2r.
-  """
-  ss = int(supersample)
-  yy, xx = np.mgrid[0:height * ss, 0:width * ss].astype(np.float32)
-  dx, dy = (xx + 0.5) / ss - cx, (yy + 0.5) / ss - cy
-  if shape == "circle":
-    inside = dx * dx + dy * dy <= radius * radius
-  elif shape == "square":
-    inside = (np.abs(dx) <= radius) & (np.abs(dy) <= radius)
-  elif shape == "triangle":
-    inside = (dy <= radius) & (np.abs(dx) <= (dy + radius) / 2)
-  else:
+  """[H, W] float coverage of a shape centred at (cx, cy) with half-size `radius` (pixels): the
+  corpus geometry (stiv_jax.data.synthetic.shape_mask) on a supersampled grid, box-averaged."""
+  if shape not in SHAPES:
     raise ValueError(f"render_shape: unknown shape {shape!r}; expected one of {SHAPES}")
+  ss = int(supersample)
+  inside = corpus.shape_mask(shape, cx * ss, cy * ss, radius * ss, (height * ss, width * ss))
   return inside.reshape(height, ss, width, ss).mean(axis=(1, 3))
 
 
@@ -186,17 +195,45 @@ def detect(frames: np.ndarray, cfg: DetectorConfig = DetectorConfig()) -> Detect
   return Detection(color, shape, direction_from_motion(*motion), motion, len(colors))
 
 
+def _dilate(mask: np.ndarray, margin: int) -> np.ndarray:
+  """[H, W] bool grown by a (2 margin + 1) square box (separable max filter)."""
+  if margin <= 0:
+    return mask
+  out = mask
+  for axis in (0, 1):
+    pad = [(0, 0), (0, 0)]
+    pad[axis] = (margin, margin)
+    win = np.lib.stride_tricks.sliding_window_view(np.pad(out, pad), 2 * margin + 1, axis=axis)
+    out = win.any(axis=-1)
+  return out
+
+
+def background_level(frames: np.ndarray, cfg: DetectorConfig = DetectorConfig()) -> float:
+  """Mean absolute pixel value on [0, 1] outside the object (its detected mask grown by
+  cfg.background_margin px): 0 for a clean black background, residual noise raises it."""
+  frames = np.asarray(frames)
+  masks, _ = object_masks(frames, cfg)
+  values = []
+  for frame, m in zip(frames, masks):
+    outside = ~_dilate(m, cfg.background_margin)
+    if outside.any():
+      values.append(float(np.abs(frame[outside].astype(np.float32)).mean()) / 255.0)
+  return float(np.mean(values)) if values else 0.0
+
+
 def score(videos: Iterable[np.ndarray], prompts: Sequence[str],
           cfg: DetectorConfig = DetectorConfig()) -> dict[str, float]:
-  """Accuracy per attribute (and all three right) of detections against their prompts."""
+  """Accuracy per attribute (and all three right) of detections against their prompts, and the
+  mean background level (background_level) of the videos."""
   videos = list(videos)
   if len(videos) != len(prompts):
     raise ValueError(f"score: {len(videos)} videos but {len(prompts)} prompts")
   if not videos:
     raise ValueError("score: no videos")
   hits = {a: [] for a in ATTRIBUTES}
-  every = []
+  every, background = [], []
   for video, prompt in zip(videos, prompts):
+    background.append(background_level(video, cfg))
     want = parse_prompt(prompt)
     got = dataclasses.asdict(detect(video, cfg))
     ok_all = True
@@ -209,6 +246,7 @@ def score(videos: Iterable[np.ndarray], prompts: Sequence[str],
     every.append(ok_all)
   out = {a: float(np.mean(v)) for a, v in hits.items() if v}
   out["all"] = float(np.mean(every))
+  out["background"] = float(np.mean(background))
   out["n"] = len(videos)
   return out
 

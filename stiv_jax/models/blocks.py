@@ -1,7 +1,14 @@
 """The STIV block (spatial, temporal, cross attention, FFN; sandwich norm) and the final layer.
 
-Modulation follows PixArt-alpha's adaLN-single: one shared projection of the condition vector
-gives [B, 6, D] (shift/scale/gate for attention and FFN); each block adds its own learned table.
+Modulation (model.adaln): 'shared' is PixArt-alpha's adaLN-single, one projection of the
+condition vector gives [B, 6, D] (shift/scale/gate for attention and FFN) and each block adds its
+own learned table; 'per_block' is DiT's adaLN, each block its own SiLU + Linear of the condition.
+
+Context parallelism: the block takes and returns its tokens in the FRAMES layout [B, Tp, K, D]
+(frames split over the 'context' mesh axis) and runs temporal attention, cross-attention and the
+FFN in the POSITIONS layout [B, K, Tp, D] (spatial positions split), so each block moves its
+activations with one all-to-all each way (stiv_jax/models/partitioning.py); without a context
+axis the constraints only pin the batch.
 """
 from __future__ import annotations
 
@@ -13,6 +20,8 @@ from flax import nnx
 from jax.ad_checkpoint import checkpoint_name
 
 from stiv_jax.models import attention, layers, rope
+from stiv_jax.models.partitioning import (FRAMES, MODULATION, constrain, to_frames,
+                                          to_positions)
 
 SELF_ATTN_NAME = "self_attn"  # remat name of spatial/temporal attention outputs
 
@@ -42,6 +51,7 @@ class STIVBlock(nnx.Module):
     d, heads = cfg.hidden, cfg.heads
     common = dict(qk_norm=cfg.qk_norm, rngs=rngs, dtype=dtype, eps=cfg.norm_eps,
                   implementation=cfg.attention_impl)
+    self.per_block_adaln = cfg.get("adaln", "shared") == "per_block"
     self.eps, self.sandwich = cfg.norm_eps, cfg.sandwich_norm
     self.dtype = dtype
     self.spatial = attention.Attention(d, heads, **common)
@@ -52,19 +62,32 @@ class STIVBlock(nnx.Module):
     self.fc1 = layers.Dense(d, mlp, ("embed", "mlp"), rngs=rngs, dtype=dtype)
     self.fc2 = layers.Dense(mlp, d, ("mlp", "embed"), rngs=rngs, dtype=dtype)
     self.act = layers.activation(cfg.mlp_activation)
-    # Per-block modulation table added to the shared adaLN output (PixArt's scale_shift_table).
-    self.table = layers.param(rngs, nnx.initializers.normal(d ** -0.5), (6, d), (None, "embed"))
+    if self.per_block_adaln:  # DiT: SiLU + Linear of the condition vector, in every block
+      self.adaln = layers.Dense(d, (6, d), ("embed", None, "adaln"), rngs=rngs,
+                                kernel_init=nnx.initializers.normal(0.02))
+    else:  # table added to the shared adaLN output (PixArt's scale_shift_table)
+      self.table = layers.param(rngs, nnx.initializers.normal(d ** -0.5), (6, d),
+                                (None, "embed"))
 
   def _residual(self, x, y, gate=None):
     if self.sandwich:
       y = layers.layer_norm(y, self.eps)
     return x + (y if gate is None else gate * y)
 
-  def __call__(self, x: jax.Array, mod: jax.Array, text: jax.Array, text_mask: jax.Array,
+  def modulation(self, cond: jax.Array) -> jax.Array:
+    """[B, 6, D] shift/scale/gate: cond is the shared adaLN output [B, 6, D] ('shared') or the
+    condition vector [B, D] ('per_block')."""
+    if self.per_block_adaln:
+      return constrain(self.adaln(jax.nn.silu(cond)), MODULATION)
+    return cond + self.table[...][None]
+
+  def __call__(self, x: jax.Array, cond: jax.Array, text: jax.Array, text_mask: jax.Array,
                pos: Positions) -> jax.Array:
-    """x [B, Tp, K, D]; mod [B, 6, D]; text [B, L, Dt]; text_mask [B, 1, 1, L]."""
+    """x [B, Tp, K, D] (FRAMES layout); cond: see `modulation`; text [B, L, Dt];
+    text_mask [B, 1, 1, L]."""
+    x = constrain(x, FRAMES)
     b, tp, k, d = x.shape
-    m = (mod + self.table[...][None]).astype(self.dtype)[:, :, None, None, :]  # [B, 6, 1, 1, D]
+    m = self.modulation(cond).astype(self.dtype)[:, :, None, None, :]  # [B, 6, 1, 1, D]
     shift_a, scale_a, gate_a, shift_f, scale_f, gate_f = (m[:, i] for i in range(6))
 
     # 1. Spatial self-attention: time folded into batch; 2D RoPE per token; modulated, gated.
@@ -76,26 +99,34 @@ class STIVBlock(nnx.Module):
       q5 = q.reshape(b, tp, k, *q.shape[2:])
       return rope.rotate_2d(q5, rows, cols).reshape(q.shape)
 
-    h = self.spatial(h.reshape(b * tp, k, d), rope_fn=spatial_rope).reshape(b, tp, k, d)
+    h = self.spatial(h.reshape(b * tp, k, d), rope_fn=spatial_rope,
+                     q_axes=attention.SPATIAL).reshape(b, tp, k, d)
     x = self._residual(x, checkpoint_name(h, SELF_ATTN_NAME), gate_a)
+
+    # To the POSITIONS layout [B, K, Tp, D] for the rest of the block (an all-to-all over the
+    # context axis; a local transpose without one).
+    x = to_positions(x)
 
     # 2. Temporal self-attention: space folded into batch; 1D RoPE; bidirectional; no modulation.
     if self.temporal is not None and tp > 1:
-      h = layers.layer_norm(x, self.eps).transpose(0, 2, 1, 3).reshape(b * k, tp, d)
-      h = self.temporal(h, rope_fn=lambda q: rope.rotate(q, rope.per_head(pos.time)))
-      h = h.reshape(b, k, tp, d).transpose(0, 2, 1, 3)
-      x = self._residual(x, checkpoint_name(h, SELF_ATTN_NAME))
+      h = layers.layer_norm(x, self.eps).reshape(b * k, tp, d)
+      h = self.temporal(h, rope_fn=lambda q: rope.rotate(q, rope.per_head(pos.time)),
+                        q_axes=attention.TEMPORAL)
+      x = self._residual(x, checkpoint_name(h.reshape(b, k, tp, d), SELF_ATTN_NAME))
 
-    # 3. Cross-attention to the text token sequence (key padding mask honoured).
+    # 3. Cross-attention to the text token sequence (key padding mask honoured); queries in
+    # (position, frame) order, each attends on its own.
     if self.cross is not None:
-      h = layers.layer_norm(x, self.eps).reshape(b, tp * k, d)
-      h = self.cross(h, context=text, mask=text_mask).reshape(b, tp, k, d)
+      h = layers.layer_norm(x, self.eps).reshape(b, k * tp, d)
+      h = self.cross(h, context=text, mask=text_mask, q_axes=attention.CROSS_Q,
+                     kv_axes=attention.CROSS_KV).reshape(b, k, tp, d)
       x = self._residual(x, h)
 
     # 4. FFN: modulated, gated.
     h = layers.layer_norm(x, self.eps) * (1 + scale_f) + shift_f
     h = self.fc2(self.act(self.fc1(h)))
-    return self._residual(x, h, gate_f).astype(x.dtype)
+    x = self._residual(x, h, gate_f).astype(x.dtype)
+    return to_frames(x)
 
 
 class FinalLayer(nnx.Module):

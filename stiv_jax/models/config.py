@@ -3,8 +3,10 @@ from __future__ import annotations
 
 REMAT_POLICIES = ("none", "full", "save_self_attn", "save_dots_no_batch")
 DTYPES = ("float32", "bfloat16")
-ATTENTION_IMPLS = ("xla", "cudnn", "auto")
+ATTENTION_IMPLS = ("xla", "cudnn", "splash", "auto")
+ADALN_MODES = ("shared", "per_block")
 INFLATION_MODES = ("mean", "center")
+PREDICTIONS = ("velocity", "data")
 
 
 def _fail(field: str, message: str) -> None:
@@ -44,10 +46,16 @@ def validate_model_config(cfg) -> None:
       _fail(name, f"unknown dtype {cfg[name]!r}; expected one of {DTYPES}")
   if cfg.attention_impl not in ATTENTION_IMPLS:
     _fail("attention_impl", f"unknown {cfg.attention_impl!r}; expected one of {ATTENTION_IMPLS}")
+  if cfg.get("adaln", "shared") not in ADALN_MODES:
+    _fail("adaln", f"unknown {cfg.adaln!r}; expected one of {ADALN_MODES}")
   if cfg.patch_inflation not in INFLATION_MODES:
     _fail("patch_inflation", f"unknown {cfg.patch_inflation!r}; expected one of {INFLATION_MODES}")
   if cfg.mlp_activation not in ("gelu_tanh", "gelu", "silu"):
     _fail("mlp_activation", f"unknown {cfg.mlp_activation!r}")
+  if cfg.get("prediction", "velocity") not in PREDICTIONS:
+    _fail("prediction", f"unknown {cfg.prediction!r}; expected one of {PREDICTIONS}")
+  if not 0.0 < float(cfg.get("prediction_min_gap", 0.05)) <= 1.0:
+    _fail("prediction_min_gap", f"must be in (0, 1], got {cfg.prediction_min_gap}")
   for name in ("rope_scale_t", "rope_scale_s", "rope_theta"):
     if float(cfg[name]) <= 0:
       _fail(name, f"must be > 0, got {cfg[name]}")

@@ -28,7 +28,9 @@ def forward_flops(cfg, batch: int, num_frames: int, height: int, width: int, tex
   total = 2 * batch * tp * s_full * patch_vol * d                     # patch embedding
   total += cfg.depth * block(s_keep) + cfg.mask_decoder_depth * block(s_full)
   total += 2 * batch * tp * s_full * d * patch_vol                    # final layer
-  total += 2 * batch * d * 6 * d                                      # shared adaLN
+  adaln_layers = (cfg.depth + cfg.mask_decoder_depth
+                  if cfg.get("adaln", "shared") == "per_block" else 1)
+  total += adaln_layers * 2 * batch * d * 6 * d                       # adaLN (shared or per block)
   return float(total)
 
 

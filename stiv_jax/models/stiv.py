@@ -3,23 +3,22 @@
 Frame replacement puts clean condition latents into the noisy input; MaskDiT drops spatial tokens
 (tube masking) before the main blocks, and a mask token plus two decoder blocks restore the grid.
 Blocks are stacked (vmap-initialised) and run with `jax.lax.scan`, so compile time does not grow
-with depth; each block runs under the configured remat policy.
+with depth; each block runs under the configured remat policy. Activations are pinned to their
+logical layouts at the block boundaries (stiv_jax/models/partitioning.py): batch over the batch
+axes, token frames over the context axis.
 """
 from __future__ import annotations
 
 from typing import NamedTuple
 
-import math
-
 import jax
 import jax.numpy as jnp
 import ml_collections
 from flax import nnx
-from flax.core import spmd
-from jax.sharding import PartitionSpec as P
 
 from stiv_jax.models import attention, blocks, embeddings, layers, masking
 from stiv_jax.models.config import validate_model_config
+from stiv_jax.models.partitioning import CONDITION, FRAMES, MODULATION, constrain
 from stiv_jax.models.remat import apply_remat
 
 
@@ -39,20 +38,11 @@ def _stacked_blocks(cfg, n: int, rngs: nnx.Rngs) -> blocks.STIVBlock:
   return make(rngs)
 
 
-def constrain_batch(x: jax.Array) -> jax.Array:
-  """Pins an activation's batch dim to the mesh axes of the logical 'batch' axis.
-
-  Active only while flax's logical-axis rules and an abstract mesh are set (the train step sets
-  both while tracing). Used on the input of the MaskDiT decoder stack: without it XLA's sharding
-  propagation does not carry the batch sharding into that second scan, which then runs with
-  its batch replicated (XL, 16-way FSDP, 4 clips/chip: 38.6 -> 7.3 GiB per device, see
-  WORKSPACE.md). Pinning the main stack's carry too made XLA miscompile a (2, 2, 2) mesh.
-  """
-  axes = tuple(dict(spmd.get_logical_axis_rules()).get("batch") or ())
-  mesh = jax.sharding.get_abstract_mesh()
-  if not axes or mesh.empty or x.shape[0] % math.prod(mesh.shape[a] for a in axes):
-    return x
-  return jax.lax.with_sharding_constraint(x, P(axes, *([None] * (x.ndim - 1))))
+def data_to_velocity(x1_hat: jax.Array, x_t: jax.Array, t: jax.Array,
+                     min_gap: float) -> jax.Array:
+  """The flow velocity of a clean-data prediction: (x1_hat - x_t) / max(1 - t, min_gap)."""
+  gap = jnp.maximum(1.0 - t.astype(jnp.float32), min_gap)
+  return (x1_hat.astype(jnp.float32) - x_t.astype(jnp.float32)) / gap[:, None, None, None, None]
 
 
 class STIV(nnx.Module):
@@ -65,22 +55,26 @@ class STIV(nnx.Module):
     self.dtype = layers.dtype_of(cfg.dtype)
     self.patch = embeddings.PatchEmbed(cfg, rngs=rngs, dtype=self.dtype)
     self.cond = embeddings.ConditionEmbedder(cfg, rngs=rngs)
-    # Shared adaLN (adaLN-single): SiLU + Linear, condition vector -> [B, 6, D].
-    self.adaln = layers.Dense(d, (6, d), ("embed", None, "adaln"), rngs=rngs,
-                              kernel_init=nnx.initializers.normal(0.02))
+    # Shared adaLN (adaLN-single): SiLU + Linear, condition vector -> [B, 6, D]. With
+    # model.adaln='per_block' every block holds its own (blocks.STIVBlock.modulation).
+    self.adaln = (layers.Dense(d, (6, d), ("embed", None, "adaln"), rngs=rngs,
+                               kernel_init=nnx.initializers.normal(0.02))
+                  if cfg.get("adaln", "shared") == "shared" else None)
     self.blocks = _stacked_blocks(cfg, cfg.depth, rngs)
     self.mask_token = layers.param(rngs, nnx.initializers.normal(0.02), (d,), ("embed",))
     self.decoder = (_stacked_blocks(cfg, cfg.mask_decoder_depth, rngs)
                     if cfg.mask_decoder_depth > 0 else None)
     self.final = blocks.FinalLayer(cfg, rngs=rngs)
 
-  def _run_stack(self, stack: blocks.STIVBlock, x: jax.Array, mod: jax.Array, text: jax.Array,
+  def _run_stack(self, stack: blocks.STIVBlock, x: jax.Array, cond: jax.Array, text: jax.Array,
                  text_mask: jax.Array, pos: blocks.Positions) -> jax.Array:
-    """Runs stacked blocks over x: a lax.scan (or an unrolled loop) under the remat policy."""
+    """Runs stacked blocks over x (FRAMES layout in and out): a lax.scan (or an unrolled loop)
+    under the remat policy."""
     graphdef, params = nnx.split(stack)
+    x = constrain(x, FRAMES)
 
     def body(h, p):
-      return nnx.merge(graphdef, p)(h, mod, text, text_mask, pos), None
+      return nnx.merge(graphdef, p)(h, cond, text, text_mask, pos), None
 
     body = apply_remat(body, self.cfg.remat)
     if self.cfg.scan_blocks:
@@ -122,8 +116,10 @@ class STIV(nnx.Module):
     tp, hp, wp = tokens.shape[1], height // ps, width // ps
     num_spatial = hp * wp
 
-    c = self.cond(t, micro, pooled)                          # [B, D]
-    mod = self.adaln(jax.nn.silu(c))                         # [B, 6, D]
+    c = constrain(self.cond(t, micro, pooled), CONDITION)    # [B, D]
+    # What each block modulates with: the shared adaLN output [B, 6, D], or c itself.
+    cond = (constrain(self.adaln(jax.nn.silu(c)), MODULATION) if self.adaln is not None
+            else c)
 
     masked = mask_key is not None and float(cfg.mask_ratio) > 0
     all_idx = jnp.broadcast_to(jnp.arange(num_spatial, dtype=jnp.int32), (b, num_spatial))
@@ -146,15 +142,17 @@ class STIV(nnx.Module):
 
     text_mask4 = attention.text_mask_for_attention(text_mask)
     text = text.astype(self.dtype)
-    h = self._run_stack(self.blocks, tokens, mod, text, text_mask4, positions(keep_idx))
+    h = self._run_stack(self.blocks, tokens, cond, text, text_mask4, positions(keep_idx))
     if masked:
       h = masking.restore_tokens(h, keep_idx, num_spatial, self.mask_token[...])
     if self.decoder is not None:
-      h = self._run_stack(self.decoder, constrain_batch(h), mod, text, text_mask4,
-                          positions(all_idx))
+      # Pinned, or XLA's propagation leaves this second scan's batch replicated (WORKSPACE.md).
+      h = self._run_stack(self.decoder, h, cond, text, text_mask4, positions(all_idx))
 
     out = self.final(h, c)                                   # [B, Tp, S, patch volume]
     velocity = embeddings.unpatchify(out, pt, ps, hp, wp, channels)
+    if cfg.get("prediction", "velocity") == "data":
+      velocity = data_to_velocity(velocity, x, t, float(cfg.prediction_min_gap))
     if image_mode:
       velocity = velocity.mean(axis=1, keepdims=True)
     keep = (masking.keep_mask_from_indices(keep_idx, num_spatial) if masked

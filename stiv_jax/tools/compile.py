@@ -223,6 +223,10 @@ def make_plan(config: Any, topo: Topology, max_devices: int, config_spec: str = 
                     f"{[d for d in range(1, topo.chips + 1) if topo.chips % d == 0]}") from None
   axes = dict(zip(shd.MESH_AXES, (int(s) for s in sizes)))
   rules = shd.rules_from_config(config.mesh.rules)
+  try:
+    shd.validate_model_mesh(config.model, axes, rules)   # frames / positions vs mesh.context
+  except ValueError as e:
+    raise PlanError(str(e)) from None
   split = math.prod(axes[a] for a in rules.get("batch", ()))
   if mode == "train":
     batch = int(config.data.batch_size)
@@ -352,7 +356,8 @@ def _lower_sample(config: Any, plan: Plan, mesh, rules) -> tuple[Any, dict]:
   times = arr((int(scfg.steps) + 1,), jnp.float32, rep)
   key = jax.ShapeDtypeStruct((), jax.random.key(0).dtype, sharding=rep)
   sharding = (sampling.BranchSharding(place, batch_sh) if branches > 1 else None)
-  step = sampling._new_step(sampling.model_apply_fn(graphdef), scfg, sharding)
+  step = sampling._new_step(sampling.model_apply_fn(graphdef), scfg, sharding,
+                            sampling.activation_layout(mesh, rules, axes))
   lowered = step.lower(params, x, jax.ShapeDtypeStruct((), jnp.int32, sharding=rep), times,
                        cond, null, x, key)
   return lowered, {"param_bytes": _tree_bytes_per_device(params), "ema_bytes": 0,

@@ -104,7 +104,8 @@ def reestimate(rec: dict) -> dict:
 
 
 def _mesh(r: dict) -> str:
-  return "x".join(str(v) for v in r["mesh"].values())
+  """The mesh axes larger than 1, e.g. 'data 16, fsdp 16'."""
+  return ", ".join(f"{a} {s}" for a, s in r["mesh"].items() if s > 1) or "1 device"
 
 
 def row_markdown(rec: dict) -> str:
@@ -113,19 +114,20 @@ def row_markdown(rec: dict) -> str:
   r = rec.get("report")
   if r is None:
     return f"| {rec['row']} | {' '.join(rec['args'])} | | | | | | error: {rec.get('error')} |"
-  mfu = r.get("estimated_mfu")
+  pct = lambda v: "" if v is None else f"{100 * v:.1f}%"
   return (f"| {rec['row']} | {r['topology']} | {_mesh(r)} | {r['model']['remat']} | "
           f"{r['per_device_batch']:g} | {r['gib_per_device']:.2f} | "
           f"{'yes' if r['fits'] else 'NO'} | {r.get('estimated_step_s', float('nan')):.3g} | "
-          f"{'' if mfu is None else f'{100 * mfu:.1f}%'} | "
-          f"{r['optimizer_bytes'] / GIB:.2f} | {r['activation_bytes'] / GIB:.2f} | "
-          f"{r.get('all_to_all_count', '')} | {r['method']} |")
+          f"{pct(r.get('estimated_mfu'))} | {r.get('roofline_step_s', float('nan')):.3g} | "
+          f"{pct(r.get('roofline_mfu'))} | {r['optimizer_bytes'] / GIB:.2f} | "
+          f"{r['activation_bytes'] / GIB:.2f} | {r.get('all_to_all_count', '')} | "
+          f"{r['method']} |")
 
 
-HEADER = ("| row | topology | mesh (" + ", ".join(("data", "fsdp", "tensor")) + ", ...) | remat "
-          "| clips/chip | GiB/device | fits | est. step s | est. MFU | optimizer GiB | "
-          "activations GiB | all-to-all/step | method |\n"
-          "|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+HEADER = ("| row | topology | mesh | remat | clips/chip | GiB/device | fits | est. step s | est. "
+          "MFU | roofline step s | roofline MFU | optimizer GiB | activations GiB | "
+          "all-to-all/step | method |\n"
+          "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
 
 
 def main(argv) -> None:

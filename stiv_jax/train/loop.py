@@ -79,6 +79,7 @@ def validate_config(config: ml_collections.ConfigDict, num_devices: int | None =
                      f"{shd.PARTITIONERS}")
   mesh_sizes = dict(zip(shd.MESH_AXES, shd.mesh_shape(config.mesh, num_devices)))
   rules = shd.rules_from_config(config.mesh.rules)
+  shd.validate_model_mesh(config.model, mesh_sizes, rules)   # token grid vs mesh.context
   split = math.prod(mesh_sizes[a] for a in rules.get("batch", ()))
   b = config.data.batch_size
   if b % split or b % process_count:
@@ -276,6 +277,9 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     print(f"Buckets: {', '.join(f'{k} ({steps_fn.compile_s.get(k, 0.0)} s to compile)' for k in buckets)}",
           flush=True)
 
+  from stiv_jax.eval import during_training  # eval.every_steps: held-out loss, samples, scores
+  evaluator = during_training.for_run(config, lora=base is not None)
+
   # ---- 5. The loop: dispatch step s, then fetch step s-1's metrics (one step in flight).
   step = int(jax.device_get(state.step))
   num_steps = int(config.train.num_steps)
@@ -339,6 +343,8 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
         scalars.update(interval.rates(wait=wait, peak=peak))
         scalars.update(per_bucket.rates(flops_of, tokens_of, config.data.batch_size, peak))
         scalars.update(data_iter.metrics())
+        if evaluator is not None and evaluator.due(step, num_steps):  # after the rates: not timed
+          scalars.update(evaluator.log(step, state_lib.ema_model(graphdef, state), writer.tb))
         writer.write(step, scalars)
         acc.reset()
         interval.reset()

@@ -1,0 +1,106 @@
+"""The demo recipe learns what it is asked: a tiny model overfits one synthetic video (its
+samples move the right way in the right color); the demo config and its benchmark's contract."""
+import numpy as np
+import pytest
+
+import jax
+
+from stiv_jax import config_schema as schema
+from stiv_jax import sampling, video_io
+from stiv_jax import sharding as shd
+from stiv_jax.data import synthetic as corpus
+from stiv_jax.eval import synthetic
+from stiv_jax.models.encoders.base import build_text_encoder, build_vae
+from stiv_jax.tasks import TaskRunner
+from stiv_jax.train import optimizer as opt_lib
+from stiv_jax.train import state as state_lib
+from stiv_jax.train import step as step_lib
+
+OVERFIT_STEPS = 150
+BATCH = 8
+
+
+def overfit_config():
+  """The demo recipe at the unit-test size, one task (T2V), no text dropout: nothing but
+  the one clip to learn."""
+  c = schema.demo_train_config("tiny")
+  c.model, c.vae, c.text = schema.cpu_preset("tiny", mask_ratio=0.0, prediction="data")
+  c.conditioning.tasks = {"none": 1.0}
+  c.conditioning.text_dropout = 0.0
+  c.optimizer.lr = 3e-3
+  c.optimizer.ema_decay = 0.0
+  c.mesh.data = 1
+  c.sampling.steps = 10
+  c.sampling.guidance = 1.0
+  return c
+
+
+@pytest.fixture(scope="module")
+def overfit():
+  """(config, trained model, the clip's uint8 frames, its caption)."""
+  c = overfit_config()
+  vae, text = build_vae(c.vae), build_text_encoder(c.text)
+  size, frames = c.model.latent_height * c.vae.spatial_factor, c.model.num_frames
+  spec = corpus.shard_clip_spec(0, 3, size=size, frames=(frames,), fade_fraction=0.0)
+  clip = corpus.render_video(spec, size=size)
+  latents = np.asarray(vae.encode(video_io.to_unit(clip)), np.float32)
+  caption = spec.scenes[0].caption
+  tok, mask, pooled = text.encode_text([caption])
+  batch = {"latents": np.repeat(latents[None], BATCH, 0), "text": np.repeat(tok, BATCH, 0),
+           "text_mask": np.repeat(mask, BATCH, 0), "pooled": np.repeat(pooled, BATCH, 0),
+           "micro": np.tile([[size, size, 0, 0, 1, frames]], (BATCH, 1)).astype(np.float32)}
+  mesh = shd.make_mesh(c.mesh, devices=jax.devices()[:1])
+  rules = shd.rules_from_config(c.mesh.rules)
+  tx = opt_lib.make_optimizer(c.optimizer)
+  graphdef, state, shardings = state_lib.create_train_state(
+      lambda: state_lib.build_model(c.model, c.seed), tx, mesh, rules)
+  sharded = shd.shard_batch(batch, mesh, rules)
+  null = step_lib.null_text_arrays(text)
+  fn = step_lib.jit_train_step(c, graphdef, tx, shardings,
+                               shd.batch_shardings(batch, mesh, rules), mesh)
+  fn = fn.lower(state, sharded, null).compile(step_lib.compiler_options(c))
+  losses = []
+  for _ in range(OVERFIT_STEPS):
+    state, m = fn(state, sharded, null)
+    losses.append(m["loss"])
+  from flax import nnx
+  model = nnx.merge(graphdef, state.params, state.rest)
+  return c, model, clip, caption, [float(x) for x in jax.device_get(losses)]
+
+
+def test_tiny_model_overfits_one_video(overfit):
+  c, model, clip, caption, losses = overfit
+  assert np.mean(losses[-20:]) < 0.2 * np.mean(losses[:5]), losses[::10]
+  runner = TaskRunner(sampling.Sampler(model, sampling.SamplerConfig.from_config(c.sampling)),
+                      build_text_encoder(c.text), build_vae(c.vae), c.model)
+  prompts = [caption] * 4
+  videos = [video_io.to_uint8(v) for v in runner.decode(runner.run("t2v", prompts, seed=0))]
+  score = synthetic.score(videos, prompts)
+  # Color and a clean background are reliable after 150 steps; the direction is not: the same
+  # fixture gave 1.0 in one process and 0.25 in another (XLA CPU float order differs with the
+  # fake-device count, and at this learning rate the run is chaotic). That instability is part
+  # of issue 14's open gap (WORKSPACE.md, "Demo quality"), so it is not asserted here.
+  assert score["color"] == 1.0, score
+  assert score["background"] < 0.05, score
+  assert all(synthetic.detect(v).frames_found >= 2 for v in videos), score  # one object, tracked
+
+
+def test_demo_recipe_is_a_config_of_the_schema():
+  c = schema.demo_train_config()
+  assert c.model.mask_ratio == 0.0 and c.model.prediction == "data"
+  assert c.data.holdout > 0 and c.eval.every_steps > 0 and c.eval.synthetic_score
+  assert c.eval.every_steps % c.metrics.every_steps == 0
+  assert set(c.eval.prompts) == set(synthetic.load_prompts("tune"))
+  assert not set(synthetic.load_prompts("heldout")) & set(synthetic.load_prompts("tune"))
+  for name in ("tune", "heldout"):  # every color, shape and direction in both sets
+    words = [synthetic.parse_prompt(p) for p in synthetic.load_prompts(name)]
+    for attr, vocab in (("color", synthetic.PALETTE), ("shape", synthetic.SHAPES),
+                        ("direction", synthetic.DIRECTIONS)):
+      assert {w[attr] for w in words} == set(vocab), (name, attr)
+  # The paper's defaults are untouched by the recipe.
+  paper = schema.train_config()
+  assert paper.model.mask_ratio == 0.5 and paper.model.prediction == "velocity"
+  assert paper.data.holdout == 0 and paper.eval.every_steps == 0
+  assert paper.sampling.steps == 50 and paper.sampling.guidance == 7.5
+  with pytest.raises(ValueError, match="unknown argument"):
+    schema.demo_train_config("huge")
