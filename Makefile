@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 WORKDIR ?= workdir/demo
 DATADIR ?= workdir/demo_data
-DEMO_VIDEOS ?= 256
+DEMO_VIDEOS ?= 512
 PIP_VERSION := 26.3
 # scenedetect is installed with --no-deps: it depends on opencv-python, which clashes with
 # opencv-python-headless (same cv2 folder); its small deps come from the prep extra.

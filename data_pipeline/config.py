@@ -181,8 +181,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     # 8 latent frames spread over the scene (stride 6 of a 48-frame shot; a shorter shot gets a
     # smaller stride, encode.frame_indices): each clip shows its shape's whole motion. At
     # stride 1 a 16-frame clip moved ~10 px (2.5 latent px) and the model learnt no direction.
-    e.num_frames = 8
-    e.stride = 6
+    e.num_frames = schema.DEMO_FRAMES
+    e.stride = schema.DEMO_STRIDE
     e.buckets = ((64, 64),)
     e.vae.spatial_factor = 4
   elif arg:

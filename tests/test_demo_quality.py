@@ -25,6 +25,7 @@ def overfit_config():
   the one clip to learn."""
   c = schema.demo_train_config("tiny")
   c.model, c.vae, c.text = schema.cpu_preset("tiny", mask_ratio=0.0, prediction="data")
+  c.flow = schema.demo_train_config().flow   # the recipe's t sampler (toward the noise end)
   c.conditioning.tasks = {"none": 1.0}
   c.conditioning.text_dropout = 0.0
   c.optimizer.lr = 3e-3
@@ -88,6 +89,8 @@ def test_tiny_model_overfits_one_video(overfit):
 def test_demo_recipe_is_a_config_of_the_schema():
   c = schema.demo_train_config()
   assert c.model.mask_ratio == 0.0 and c.model.prediction == "data"
+  assert c.flow.t_sampler == "logit_normal" and c.flow.logit_mean < 0   # toward the noise end
+  assert schema.demo_train_config("tiny").flow.t_sampler == "uniform"    # unit tests: the paper's
   assert c.data.holdout > 0 and c.eval.every_steps > 0 and c.eval.synthetic_score
   assert c.eval.every_steps % c.metrics.every_steps == 0
   assert set(c.eval.prompts) == set(synthetic.load_prompts("tune"))
@@ -101,6 +104,7 @@ def test_demo_recipe_is_a_config_of_the_schema():
   paper = schema.train_config()
   assert paper.model.mask_ratio == 0.5 and paper.model.prediction == "velocity"
   assert paper.data.holdout == 0 and paper.eval.every_steps == 0
+  assert paper.flow.t_sampler == "uniform"
   assert paper.sampling.steps == 50 and paper.sampling.guidance == 7.5
   with pytest.raises(ValueError, match="unknown argument"):
     schema.demo_train_config("huge")

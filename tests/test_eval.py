@@ -196,6 +196,14 @@ def test_synthetic_score_cli_prints_one_json_line(tmp_path, capsys):
   with pytest.raises(SystemExit):
     cli.run([f"--synthetic-score={tmp_path / 'nope'}", f"--prompts-file={tmp_path / 'prompts.txt'}"])
   assert "stiv-eval: error: --synthetic-score: no such folder" in capsys.readouterr().err
+  # A prompt the scorer cannot read is refused (it once scored 1.0), naming the prompt.
+  (tmp_path / "bad.txt").write_text("\n".join(prompts[:-1] + ["a sunset over the sea"]) + "\n")
+  with pytest.raises(SystemExit) as e:
+    cli.run([f"--synthetic-score={tmp_path}", f"--prompts-file={tmp_path / 'bad.txt'}"])
+  assert e.value.code == 2
+  err = capsys.readouterr().err
+  assert "prompt 'a sunset over the sea' names no color, shape or direction" in err
+  assert len(err.strip().splitlines()) == 1
 
 
 # ----------------------------------------------------------------------------- during training

@@ -15,7 +15,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
       "continue40", arg, file=__file__, resolution=512, frames=40,
       tasks={"none": 0.5, "first": 0.5}, batch_size=256, num_steps=100_000,
       data_name="video512_f40_s3", starts_from=[("stiv512", ".*", "")], rope_from="stiv512")
-  if not c.stage.local:
-    # 40 frames at 512 px: save_self_attn needs 17.7 GiB per v5e chip (XL); full remat 14.9.
-    c.model.remat = "full"
+  # 40 frames at 512 px, XL on v5e-256, one clip per chip, the paper's save_self_attn remat:
+  # 9.95 GiB per chip from the TPU compiler (9.09 GiB activations; the fake-CPU plan had said
+  # 17.7, hence full remat before). With --config.mesh.context=4 (batch 64): 3.35 GiB
+  # (WORKSPACE.md, "Context parallelism").
   return c

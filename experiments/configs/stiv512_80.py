@@ -3,9 +3,13 @@ parallel: each clip is split over 4 chips (frames for the spatial attention, spa
 for the temporal attention; stiv_jax/models/partitioning.py).
 
 `stiv512_80.py:M` (the target: M on v5p-256), `stiv512_80.py:XL`, `stiv512_80.py:local`.
-At 80 frames one clip's activations do not fit one chip even under full remat (WORKSPACE.md,
-"Context parallelism"): mesh fsdp=32 x context=4 over the 128 chips, one clip per 4 chips,
-batch 32, the paper's remat policy (save_self_attn). 50k steps (a choice; the paper stops at 40).
+Plans (TPU compiler, v5p-256, WORKSPACE.md "Context parallelism"): with context 4 (fsdp 32 x
+context 4, one clip per 4 chips, batch 32, the paper's save_self_attn remat) 19.75 GiB per chip,
+estimated 2.00 s per step; without the axis the smallest batch is one clip per chip (128),
+compiled under full remat: 39.59 GiB, 7.44 s per step (per clip 0.93x the time of context 4).
+So at M the axis buys the smaller batch and the cheaper remat policy, not the fit itself (the
+issue asked for a stage that fits only with it; at 80 frames x 512 px M does not need it).
+50k steps (a choice; the paper stops at 40 frames).
 """
 from __future__ import annotations
 

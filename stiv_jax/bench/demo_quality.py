@@ -49,7 +49,8 @@ def main(argv: list[str] | None = None) -> None:
     if not os.path.exists(os.path.join(shards, "manifest.json")):
       corpus.write_synthetic_shards(shards, num_videos=args.num_videos, seed=0, vae=vae,
                                     text_encoder=text, size=size,
-                                    frames=(int(config.model.num_frames),), overwrite=True)
+                                    frames=(int(config.model.num_frames),), overwrite=True,
+                                    stride=schema.DEMO_STRIDE)
     data_s = time.perf_counter() - start
     config.data.path = shards
     run_dir = os.path.join(root, "run")

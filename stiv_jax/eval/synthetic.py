@@ -233,8 +233,12 @@ def score(videos: Iterable[np.ndarray], prompts: Sequence[str],
   hits = {a: [] for a in ATTRIBUTES}
   every, background = [], []
   for video, prompt in zip(videos, prompts):
-    background.append(background_level(video, cfg))
     want = parse_prompt(prompt)
+    if all(v is None for v in want.values()):  # nothing to check: refuse, never a silent 1.0
+      raise ValueError(f"synthetic score: prompt {prompt!r} names no color, shape or direction "
+                       f"of the synthetic corpus (colors {sorted(PALETTE)}, shapes "
+                       f"{list(SHAPES)}, directions {list(DIRECTIONS)})")
+    background.append(background_level(video, cfg))
     got = dataclasses.asdict(detect(video, cfg))
     ok_all = True
     for a in ATTRIBUTES:
