@@ -44,7 +44,7 @@ demo: venv
 		--prompts-file=stiv_jax/eval/prompts/synthetic_heldout.txt
 
 test: venv
-	$(BIN)/python -m pytest -q -n 2 --dist loadfile tests
+	$(BIN)/python -m pytest -q -n 2 --dist loadfile --durations=25 tests
 
 clean:
 	rm -rf $(VENV) workdir

@@ -12,7 +12,10 @@ the batch: a named simplification of per-token dropout on the adapter path, whic
 formulation cannot express).
 
 Config section `lora` (stiv_jax/config_schema.py): rank (0 = off), alpha, dropout, targets
-(a regex searched in parameter names such as 'blocks/spatial/q/kernel'; empty = off).
+(a regex searched in parameter names such as 'blocks/spatial/q/kernel'; empty = off). The
+adapters are the only trained parameters, so `optimizer.min_dim_size_to_factor <= rank` makes
+AdaFactor factor their second moments (in-side vs rank): then the optimizer state is about
+one adapter-sized momentum (`stiv-bench lora`).
 """
 from __future__ import annotations
 

@@ -251,7 +251,26 @@ def test_per_block_adaln_has_its_own_modulation_per_block():
   assert not np.allclose(base, per(x, t, text, text_mask, pooled, micro).velocity, atol=1e-4)
 
 
+def test_sincos_positions_are_absolute_and_add_no_parameters():
+  """model.abs_pos_embed='sincos': every (frame, row, col) gets its own fixed vector, the
+  parameter tree is unchanged, and the output now depends on where a token is."""
+  table = np.asarray(embeddings.sincos_positions(2, 3, 4, 64))
+  assert table.shape == (2, 12, 64)
+  flat = table.reshape(24, 64)
+  dist = np.linalg.norm(flat[:, None] - flat[None], axis=-1)
+  assert dist[~np.eye(24, dtype=bool)].min() > 0.1          # no two positions alike
+  np.testing.assert_allclose(table[0, :, 16:], table[1, :, 16:])   # spatial part per frame
+  np.testing.assert_allclose(table[:, 0, :16], table[:, 5, :16])   # frame part per position
+  plain = randomize(STIV(small_cfg(), rngs=nnx.Rngs(0)))
+  pos = STIV(small_cfg(abs_pos_embed="sincos"), rngs=nnx.Rngs(0))
+  nnx.update(pos, nnx.state(plain, nnx.Param))  # same tree: the table is not a parameter
+  x, t, text, text_mask, pooled, micro = inputs()
+  assert not np.allclose(plain(x, t, text, text_mask, pooled, micro).velocity,
+                         pos(x, t, text, text_mask, pooled, micro).velocity, atol=1e-4)
+
+
 @pytest.mark.parametrize("field,value,match", [
+    ("abs_pos_embed", "learned", r"model.abs_pos_embed: unknown 'learned'"),
     ("adaln", "single", r"model.adaln: unknown 'single'; expected one of \('shared', "
                         r"'per_block'\)"),
     ("attention_impl", "flash", r"model.attention_impl: unknown 'flash'; expected one of "

@@ -197,3 +197,36 @@ def test_validate_detects_index_mismatch(tmp_path):
   idx_path.write_text(json.dumps(index))
   with pytest.raises(reader.DatasetError, match="checksum"):
     reader.validate_dataset(str(tmp_path))
+
+
+def test_subset_by_caption(tmp_path, capsys):
+  """`stiv-shards subset`: only matching captions, bytes copied, contract + empty prompt kept,
+  the new set trains like any other; bad inputs are refused naming the flag."""
+  from stiv_jax.data import contract, synthetic
+  from stiv_jax.models.encoders.standins import HashTextEncoder, PixelSpaceVAE
+  src, dst = tmp_path / "all", tmp_path / "red"
+  synthetic.write_synthetic_shards(str(src), num_videos=24, seed=0, vae=PixelSpaceVAE(4, 4),
+                                   text_encoder=HashTextEncoder(16, 8), size=16, frames=(4,))
+  full = reader.open_dataset(str(src))
+  red = [i for i in range(len(full)) if " red " in f" {full.decode(i).caption} "]
+  assert 0 < len(red) < len(full)
+  assert shards_cli.main(["subset", str(src), f"--output={dst}", "--caption=\\bred\\b"]) == 0
+  assert json.loads(capsys.readouterr().out)["records"] == len(red)
+  sub = reader.open_dataset(str(dst))
+  assert len(sub) == len(red)
+  assert [sub.read(j) for j in range(len(sub))] == [full.read(i) for i in red]
+  assert sub.manifest["contract"]["vae"] == full.manifest["contract"]["vae"]
+  e_src = contract.load_empty_prompt(full.root, full.manifest["contract"])
+  e_dst = contract.load_empty_prompt(sub.root, sub.manifest["contract"])
+  assert all(np.array_equal(e_src[k], e_dst[k]) for k in e_src)
+  assert sub.manifest["metadata"]["subset_of"]["records"] == len(red)
+  assert shards_cli.main(["validate", str(dst)]) == 0
+  capsys.readouterr()
+  before = (dst / "manifest.json").read_bytes()
+  for argv, needle in ((["--caption=\\bred\\b"], "already holds a dataset"),
+                       (["--caption=purple"], "matches none"),
+                       (["--caption=("], "not a valid regex")):
+    out = tmp_path / "again" if needle != "already holds a dataset" else dst
+    assert shards_cli.main(["subset", str(src), f"--output={out}", *argv]) == 1
+    assert needle in capsys.readouterr().err
+  assert (dst / "manifest.json").read_bytes() == before

@@ -7,6 +7,7 @@ ATTENTION_IMPLS = ("xla", "cudnn", "splash", "auto")
 ADALN_MODES = ("shared", "per_block")
 INFLATION_MODES = ("mean", "center")
 PREDICTIONS = ("velocity", "data")
+ABS_POS_EMBEDS = ("none", "sincos")
 
 
 def _fail(field: str, message: str) -> None:
@@ -56,6 +57,8 @@ def validate_model_config(cfg) -> None:
     _fail("prediction", f"unknown {cfg.prediction!r}; expected one of {PREDICTIONS}")
   if not 0.0 < float(cfg.get("prediction_min_gap", 0.05)) <= 1.0:
     _fail("prediction_min_gap", f"must be in (0, 1], got {cfg.prediction_min_gap}")
+  if cfg.get("abs_pos_embed", "none") not in ABS_POS_EMBEDS:
+    _fail("abs_pos_embed", f"unknown {cfg.abs_pos_embed!r}; expected one of {ABS_POS_EMBEDS}")
   for name in ("rope_scale_t", "rope_scale_s", "rope_theta"):
     if float(cfg[name]) <= 0:
       _fail(name, f"must be > 0, got {cfg[name]}")

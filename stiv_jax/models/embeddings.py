@@ -21,6 +21,29 @@ def sinusoidal_embedding(x: jax.Array, dim: int, max_period: float = 10000.0) ->
   return jnp.concatenate([jnp.cos(args), jnp.sin(args)], axis=-1)
 
 
+def sincos_positions(tp: int, hp: int, wp: int, dim: int, scale_t: float = 1.0,
+                     scale_s: float = 1.0) -> jax.Array:
+  """[Tp, Hp*Wp, dim] fixed sin-cos embedding of each token's absolute (frame, row, column):
+  a quarter of the features for the frame, the rest split between row and column (DiT's
+  2D table plus time). Positions are scaled like RoPE's, so interpolation stays consistent."""
+  dt = (dim // 4) // 2 * 2
+  ds = (dim - dt) // 2 // 2 * 2
+  dims = (dt, ds, dim - dt - ds)
+  if min(dims) < 2 or dims[2] % 2:
+    raise ValueError(f"sincos_positions: hidden={dim} cannot split into even frame/row/column "
+                     f"parts {dims}")
+  t = jnp.arange(tp, dtype=jnp.float32) * scale_t
+  r = jnp.arange(hp, dtype=jnp.float32) * scale_s
+  c = jnp.arange(wp, dtype=jnp.float32) * scale_s
+  et = sinusoidal_embedding(t, dims[0], 100.0)                     # [Tp, dt]
+  er = sinusoidal_embedding(r, dims[1], 100.0)                     # [Hp, ds]
+  ec = sinusoidal_embedding(c, dims[2], 100.0)                     # [Wp, dc]
+  spatial = jnp.concatenate([jnp.repeat(er, wp, axis=0), jnp.tile(ec, (hp, 1))], axis=-1)
+  return jnp.concatenate([jnp.broadcast_to(et[:, None], (tp, hp * wp, dims[0])),
+                          jnp.broadcast_to(spatial[None], (tp, hp * wp, dims[1] + dims[2]))],
+                         axis=-1)
+
+
 def patchify(x: jax.Array, pt: int, ps: int) -> jax.Array:
   """[B, T, H, W, C] -> [B, T/pt, (H/ps)*(W/ps), pt*ps*ps*C] (row-major spatial tokens)."""
   b, t, h, w, c = x.shape

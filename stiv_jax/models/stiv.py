@@ -115,6 +115,9 @@ class STIV(nnx.Module):
     tokens = self.patch(x)                                   # [B, Tp, S, D]
     tp, hp, wp = tokens.shape[1], height // ps, width // ps
     num_spatial = hp * wp
+    if cfg.get("abs_pos_embed", "none") == "sincos":  # absolute positions (RoPE is relative only)
+      tokens = tokens + embeddings.sincos_positions(
+          tp, hp, wp, cfg.hidden, cfg.rope_scale_t, cfg.rope_scale_s).astype(tokens.dtype)[None]
 
     c = constrain(self.cond(t, micro, pooled), CONDITION)    # [B, D]
     # What each block modulates with: the shared adaLN output [B, 6, D], or c itself.
