@@ -362,11 +362,18 @@ def demo_train_config(arg: str | None = None) -> ml_collections.ConfigDict:
   # every bit of latent noise a velocity network fails to pass through is left in the sample.
   # Absolute frame/row/column positions beside RoPE: the recipe's measured runs used them
   # (WORKSPACE.md, "Demo quality"; at 300-400 steps they changed little either way).
+  # One block and no decoder blocks (the 'demo' preset has 4 + 2): from pure noise the deep
+  # stack learns the caption's layout far slower per step (four clips, trained at t = 0 only:
+  # 4 + 2 blocks still at the caption-blind mean, 0.039, after 200 steps; 1 block 0.022 at 200
+  # and 0.003 at 300), and one block's step is ~4x cheaper, so `make demo`'s 15 minutes hold
+  # 3500 steps (10 min end to end). Shape is the cost: one block draws blocky fragments
+  # (WORKSPACE.md, "Demo quality").
   c.model, c.vae, c.text = cpu_preset("demo", mask_ratio=0.0, prediction="data",
-                                       num_frames=DEMO_FRAMES, abs_pos_embed="sincos")
+                                       num_frames=DEMO_FRAMES, abs_pos_embed="sincos",
+                                       depth=1, mask_decoder_depth=0)
   c.data.path = "workdir/demo_data/prep/shards"  # make demo: stiv-prep run --output=...prep
   # Batch 4 at lr 2e-3: the same 1000-step quality as batch 8 at lr 1e-3 in half the time
-  # (0.5 s/step on 2 idle cores; coherent moving objects by step 1000).
+  # (measured on the 4 + 2-block model; one block runs ~8 steps/s on 2 idle cores).
   c.data.batch_size = 4
   c.data.holdout = 16               # records never trained on: the validation loss, TI2V grid
   # Flow times drawn toward the noise end (logit-normal, mean -0.8, std 0.8, as JiT does for
@@ -382,15 +389,15 @@ def demo_train_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.optimizer.ema_decay = 0.999
   c.optimizer.ema_warmup = True
   c.optimizer.min_dim_size_to_factor = 64
-  c.train.num_steps = 1000
-  c.checkpoint.every_steps = 200
+  c.train.num_steps = 3500
+  c.checkpoint.every_steps = 500
   c.checkpoint.keep_last = 2
   c.checkpoint.keep_every = 0
   c.metrics.every_steps = 25
   c.sampling.steps = 25
   c.sampling.guidance = 3.0
   from stiv_jax.eval import synthetic
-  c.eval.every_steps = 500
+  c.eval.every_steps = 1000
   c.eval.sample_steps = 12   # the grids at half the final steps: the evaluation stays < 10%
   c.eval.prompts = tuple(synthetic.load_prompts("tune"))
   c.eval.synthetic_score = True

@@ -14,7 +14,8 @@ from stiv_jax import config_schema as schema
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-  """The demo config: 64x64 px, 16 frames, pixel VAE factor 4 -> latents [16, 16, 16, 4]."""
+  """The demo config: 64x64 px, 8 latent frames (stride 6), pixel VAE factor 4 -> latents
+  [8, 16, 16, 4]."""
   try:
     return schema.demo_train_config(arg)
   except ValueError as e:
