@@ -14,7 +14,8 @@ Sections (`describe(train_config())` prints every field with its default):
   vae, text     frozen encoders ('pixel'/'kl', 'hash'/'clip'/'t5'); checked against the shards
   data          stiv_jax.data.pipeline.default_config() plus the GLOBAL batch_size and the seed
   flow          t_sampler uniform | logit_normal (logit_mean, logit_std) | shifted (shift),
-                t_eps, mae_weight (MSE on MaskDiT-dropped tokens, 0 = off)
+                t_eps, mae_weight (MSE on MaskDiT-dropped tokens, 0 = off), loss_weighting
+                none | data ((1 - t)^2 per example: the clean-latent error)
   conditioning  tasks {task: weight} over none/first/first_k/first_last/every_other/
                 keyframe_stride/multiview (k, stride); text_dropout, image_dropout
   optimizer     name adafactor | adamw; lr, schedule constant|cosine (decay_steps,
@@ -259,6 +260,7 @@ def train_config() -> ml_collections.ConfigDict:
   c.flow.shift = 1.0
   c.flow.t_eps = 0.0
   c.flow.mae_weight = 0.0
+  c.flow.loss_weighting = "none"   # none (the paper) | data: (1 - t)^2, the clean-latent error
 
   c.conditioning = ml_collections.ConfigDict()
   c.conditioning.tasks = ml_collections.ConfigDict({"none": 0.5, "first": 0.5})  # STIV: T2V + TI2V

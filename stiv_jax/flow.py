@@ -11,6 +11,9 @@ import jax
 import jax.numpy as jnp
 
 T_SAMPLERS = ("uniform", "logit_normal", "shifted")
+# Per-example weight of the velocity loss over t: 'none' (the paper) | 'data' ((1 - t)^2: for a
+# data-predicting network, the squared error of its clean-latent prediction, equal at every t).
+LOSS_WEIGHTINGS = ("none", "data")
 
 
 def validate_flow_config(cfg: Any) -> None:
@@ -21,6 +24,9 @@ def validate_flow_config(cfg: Any) -> None:
     raise ValueError(f"flow.logit_std: must be > 0, got {cfg.logit_std}")
   if cfg.shift <= 0:
     raise ValueError(f"flow.shift: must be > 0, got {cfg.shift}")
+  if cfg.get("loss_weighting", "none") not in LOSS_WEIGHTINGS:
+    raise ValueError(f"flow.loss_weighting: {cfg.loss_weighting!r} unknown; expected one of "
+                     f"{LOSS_WEIGHTINGS}")
   if cfg.mae_weight < 0:
     raise ValueError(f"flow.mae_weight: must be >= 0, got {cfg.mae_weight}")
   if not 0.0 <= cfg.t_eps < 0.5:
@@ -90,6 +96,15 @@ def flow_loss(pred: jax.Array, target: jax.Array, keep: jax.Array, cond_mask: ja
   if mae_weight:
     per_example = per_example + mae_weight * _weighted_mean(sq_err, w_dropped)
   return jnp.mean(per_example), per_example
+
+
+def loss_time_weight(t: jax.Array, kind: str) -> jax.Array:
+  """[B] weights of the per-example velocity loss (flow.loss_weighting, see LOSS_WEIGHTINGS)."""
+  if kind == "none":
+    return jnp.ones_like(t)
+  if kind == "data":
+    return jnp.square(1.0 - t)
+  raise ValueError(f"flow.loss_weighting: {kind!r} unknown; expected one of {LOSS_WEIGHTINGS}")
 
 
 def t_bucket_sums(t: jax.Array, per_example: jax.Array,

@@ -54,6 +54,26 @@ def test_bad_config_names_field():
     flow.validate_flow_config(_cfg(mae_weight=-1.0))
 
 
+def test_data_weighting_is_the_clean_latent_error():
+  """flow.loss_weighting='data': the weighted velocity loss of a data-predicting output equals
+  the squared error of its clean-latent prediction, at every t; 'none' leaves it as it is."""
+  rng = np.random.default_rng(3)
+  x1 = jnp.asarray(rng.standard_normal((3, 2, 4, 4, 2)), jnp.float32)
+  eps = jnp.asarray(rng.standard_normal(x1.shape), jnp.float32)
+  x1_hat = x1 + 0.1 * jnp.asarray(rng.standard_normal(x1.shape), jnp.float32)
+  t = jnp.array([0.1, 0.5, 0.9])
+  xt = flow.noise_latents(x1, eps, t)
+  v_hat = (x1_hat - xt) / (1 - t)[:, None, None, None, None]
+  keep, cond = jnp.ones(x1.shape[:4], bool), jnp.zeros(x1.shape[:2], bool)
+  _, per_example = flow.flow_loss(v_hat, flow.velocity_target(x1, eps), keep, cond)
+  x_err = jnp.mean(jnp.square(x1_hat - x1), axis=(1, 2, 3, 4))
+  np.testing.assert_allclose(per_example * flow.loss_time_weight(t, "data"), x_err, rtol=1e-4)
+  np.testing.assert_allclose(flow.loss_time_weight(t, "none"), 1.0)
+  assert float(per_example[2]) > 50 * float(x_err[2])   # unweighted, late t dominates
+  with pytest.raises(ValueError, match="flow.loss_weighting"):
+    flow.validate_flow_config(_cfg(loss_weighting="snr"))
+
+
 def test_loss_masks_replaced_frames_and_dropped_tokens():
   rng = np.random.default_rng(0)
   pred = jnp.asarray(rng.standard_normal((2, 4, 4, 4, 3)), jnp.float32)

@@ -63,8 +63,11 @@ def loss_and_aux(config: Any, graphdef: nnx.GraphDef, params: nnx.State, rest: n
               mask_key=mask_key)
   _, num_frames, height, width, _ = inputs["x1"].shape
   keep = keep_to_latent_mask(out.keep, config.model, num_frames, height, width)
-  return flow.flow_loss(out.velocity, inputs["target"], keep, inputs["cond_mask"],
-                        config.flow.mae_weight)
+  _, per_example = flow.flow_loss(out.velocity, inputs["target"], keep, inputs["cond_mask"],
+                                 config.flow.mae_weight)
+  per_example = per_example * flow.loss_time_weight(
+      inputs["t"], config.flow.get("loss_weighting", "none"))
+  return jnp.mean(per_example), per_example
 
 
 def train_step(config: Any, graphdef: nnx.GraphDef, tx: optax.GradientTransformation,
