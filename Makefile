@@ -34,14 +34,15 @@ venv: $(BIN)/.installed
 # scenes, features, filter, caption, classify, DSG-Video, encode) into latent shards; then the
 # demo recipe trains (held-out loss, sample grid and scores every eval.every_steps, in
 # TensorBoard) and its model is scored on the held-out prompts (t2v, and ti2v from rendered
-# first frames): the three accuracies and where the sample grids are, printed last.
+# first frames; 3 samples of each of the 14 prompts): the three accuracies and where the sample
+# grids are, printed last.
 demo: venv
 	$(BIN)/stiv-prep synth --output=$(DATADIR)/videos --num-videos=$(DEMO_VIDEOS) --seed=0
 	$(BIN)/stiv-prep run --input=$(DATADIR)/videos --output=$(DATADIR)/prep --config=demo
 	$(BIN)/stiv-train --config=experiments/configs/demo.py --workdir=$(WORKDIR) \
 		--config.data.path=$(DATADIR)/prep/shards
 	$(BIN)/stiv-eval --workdir=$(WORKDIR) --synthetic-suite --out-dir=$(WORKDIR)/eval \
-		--prompts-file=stiv_jax/eval/prompts/synthetic_heldout.txt
+		--prompts-file=stiv_jax/eval/prompts/synthetic_heldout.txt --samples-per-prompt=3
 
 test: venv
 	$(BIN)/python -m pytest -q -n 2 --dist loadfile --durations=25 tests

@@ -364,18 +364,19 @@ def demo_train_config(arg: str | None = None) -> ml_collections.ConfigDict:
   # every bit of latent noise a velocity network fails to pass through is left in the sample.
   # Absolute frame/row/column positions beside RoPE: the recipe's measured runs used them
   # (WORKSPACE.md, "Demo quality"; at 300-400 steps they changed little either way).
-  # One block and no decoder blocks (the 'demo' preset has 4 + 2): from pure noise the deep
+  # Two blocks and no decoder blocks (the 'demo' preset has 4 + 2): from pure noise the deep
   # stack learns the caption's layout far slower per step (four clips, trained at t = 0 only:
   # 4 + 2 blocks still at the caption-blind mean, 0.039, after 200 steps; 1 block 0.022 at 200
-  # and 0.003 at 300), and one block's step is ~4x cheaper, so `make demo`'s 15 minutes hold
-  # 3500 steps (10 min end to end). Shape is the cost: one block draws blocky fragments
-  # (WORKSPACE.md, "Demo quality").
+  # and 0.003 at 300). One block learns direction fastest but never uses the shape word (held-out
+  # shape 0.36 at 3500 steps); two blocks at ~9.5 steps/s on 2 idle cores reach direction 1.0 by
+  # 4000 steps and draw triangles on request (held-out shape 0.57 at 6000-7000 steps; circles
+  # still come out square). WORKSPACE.md, "Demo quality", has the runs.
   c.model, c.vae, c.text = cpu_preset("demo", mask_ratio=0.0, prediction="data",
                                        num_frames=DEMO_FRAMES, abs_pos_embed="sincos",
-                                       depth=1, mask_decoder_depth=0)
+                                       depth=2, mask_decoder_depth=0)
   c.data.path = "workdir/demo_data/prep/shards"  # make demo: stiv-prep run --output=...prep
   # Batch 4 at lr 2e-3: the same 1000-step quality as batch 8 at lr 1e-3 in half the time
-  # (measured on the 4 + 2-block model; one block runs ~8 steps/s on 2 idle cores).
+  # (measured on the 4 + 2-block model).
   c.data.batch_size = 4
   c.data.holdout = 16               # records never trained on: the validation loss, TI2V grid
   # Flow times drawn toward the noise end (logit-normal, mean -0.8, std 0.8, as JiT does for
@@ -391,7 +392,7 @@ def demo_train_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.optimizer.ema_decay = 0.999
   c.optimizer.ema_warmup = True
   c.optimizer.min_dim_size_to_factor = 64
-  c.train.num_steps = 3500
+  c.train.num_steps = 6000
   c.checkpoint.every_steps = 500
   c.checkpoint.keep_last = 2
   c.checkpoint.keep_every = 0

@@ -86,6 +86,19 @@ def test_tiny_model_overfits_one_video(overfit):
   assert all(synthetic.detect(v).frames_found >= 2 for v in videos), score  # one object, tracked
 
 
+def test_suite_scores_every_sample_of_every_prompt(overfit, tmp_path):
+  from stiv_jax.eval import synthetic_suite
+  c, model, _, caption, _ = overfit
+  report = synthetic_suite.run_suite(model, c, [caption, caption.replace("moving", "going")],
+                                     samples_per_prompt=2, out_dir=str(tmp_path))
+  assert report["t2v"]["n"] == 4 and report["ti2v"]["n"] == 4
+  assert len(list(tmp_path.glob("t2v_*.mp4"))) == 4 and report["t2v"]["color"] == 1.0
+  first = synthetic_suite.first_frames([caption] * 2, size=32, num_frames=4)
+  assert not np.array_equal(first[0], first[1])   # each repeat starts from another scene
+  with pytest.raises(ValueError, match="samples_per_prompt"):
+    synthetic_suite.run_suite(model, c, [caption], samples_per_prompt=0)
+
+
 def test_demo_recipe_is_a_config_of_the_schema():
   c = schema.demo_train_config()
   assert c.model.mask_ratio == 0.0 and c.model.prediction == "data"

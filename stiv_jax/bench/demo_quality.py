@@ -32,6 +32,8 @@ def main(argv: list[str] | None = None) -> None:
   p.add_argument("--steps", type=int, default=0, help="train steps (0: the recipe's)")
   p.add_argument("--prompts", default="heldout", help="'heldout', 'tune' or a prompts file")
   p.add_argument("--args", default="", help="demo config arguments, e.g. 'tiny'")
+  p.add_argument("--samples_per_prompt", type=int, default=3,
+                 help="samples of each prompt scored (make demo's 3)")
   args = p.parse_args(argv)
 
   start = time.perf_counter()
@@ -58,7 +60,8 @@ def main(argv: list[str] | None = None) -> None:
     train_s = time.perf_counter() - start - data_s
     _, model = ckpt_lib.load_ema_model(run_dir)
     report = synthetic_suite.run_suite(model, config, prompts, text_encoder=text, vae=vae,
-                                       out_dir=os.path.join(root, "eval") if args.workdir else None)
+                                       out_dir=os.path.join(root, "eval") if args.workdir else None,
+                                       samples_per_prompt=args.samples_per_prompt)
     eval_s = time.perf_counter() - start - data_s - train_s
     t2v, ti2v = report["t2v"], report["ti2v"]
     during = _eval_seconds(os.path.join(run_dir, "metrics.jsonl"))
@@ -68,6 +71,7 @@ def main(argv: list[str] | None = None) -> None:
         "data_minutes": round(data_s / 60, 2), "train_minutes": round(train_s / 60, 2),
         "eval_minutes": round(eval_s / 60, 2), "prompts": t2v["n"],
         "color": t2v["color"], "shape": t2v["shape"], "direction": t2v["direction"],
+        "samples_per_prompt": args.samples_per_prompt,
         "all": t2v["all"], "background": round(t2v["background"], 4),
         "ti2v_direction": ti2v["direction"], "ti2v_color": ti2v["color"],
         "ti2v_first_frame_psnr": round(ti2v["first_frame_psnr"], 2),

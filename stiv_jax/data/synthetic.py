@@ -24,6 +24,11 @@ COLORS: dict[str, tuple[int, int, int]] = {
 SHAPES = ("circle", "square", "triangle")
 DIRECTIONS: dict[str, tuple[int, int]] = {  # (dx, dy) in image coordinates (y grows down)
     "left": (-1, 0), "right": (1, 0), "up": (0, -1), "down": (0, 1)}
+# Half-size of the shapes, as fractions of the frame size (drawn uniformly). At 64 px and the
+# pixel VAE's factor 4 a shape spans 2.6-3.5 latent pixels of radius: a circle's cut corners
+# are whole latent pixels, which at 0.12-0.18 (the first corpus) they were not, and the demo
+# model drew every circle as a square (WORKSPACE.md, "Demo quality", sixth session).
+RADIUS_RANGE = (0.16, 0.22)
 
 
 def caption_for(color: str, shape: str, direction: str) -> str:
@@ -94,7 +99,7 @@ def sample_scene(rng: np.random.Generator, *, size: int, num_frames: int,
   color = colors[rng.integers(len(colors))]
   shape = SHAPES[rng.integers(len(SHAPES))]
   direction = list(DIRECTIONS)[rng.integers(len(DIRECTIONS))]
-  radius = size * rng.uniform(0.12, 0.18)
+  radius = size * rng.uniform(*RADIUS_RANGE)
   margin = size * 0.03
   lo, hi = margin + radius, size - margin - radius
   travel = (hi - lo) * rng.uniform(0.6, 1.0)

@@ -58,6 +58,8 @@ def build_parser() -> argparse.ArgumentParser:
   p.add_argument("--out-dir", default="eval_samples", help="where sampled MP4s go")
   p.add_argument("--num-samples", type=int, default=None)
   p.add_argument("--seed", type=int, default=0)
+  p.add_argument("--samples-per-prompt", type=int, default=1,
+                 help="--synthetic-suite: samples of each prompt (other noise and first frames)")
   p.add_argument("--steps", type=int, default=None)
   p.add_argument("--guidance", type=float, default=None)
   p.add_argument("--image", help="ti2v / multiview input when sampling")
@@ -190,9 +192,11 @@ def synthetic_suite_report(args: argparse.Namespace) -> dict[str, Any]:
   for name in ("steps", "guidance"):
     if getattr(args, name) is not None:
       config.sampling[name] = getattr(args, name)
-  report = synthetic_suite.run_suite(model, config, prompts, seed=args.seed, out_dir=args.out_dir)
+  report = synthetic_suite.run_suite(model, config, prompts, seed=args.seed, out_dir=args.out_dir,
+                                     samples_per_prompt=args.samples_per_prompt)
   t2v, ti2v = report["t2v"], report["ti2v"]
-  print(f"t2v on {t2v['n']} prompts: color {t2v['color']:.2f}, shape {t2v['shape']:.2f}, "
+  print(f"t2v on {len(prompts)} prompts x {args.samples_per_prompt} samples: "
+        f"color {t2v['color']:.2f}, shape {t2v['shape']:.2f}, "
         f"direction {t2v['direction']:.2f}, background {t2v['background']:.3f}; "
         f"ti2v direction {ti2v['direction']:.2f}", flush=True)
   print(f"Sample grids: {report['sheets']['t2v']}  {report['sheets']['ti2v']}", flush=True)

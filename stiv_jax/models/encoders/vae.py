@@ -405,6 +405,38 @@ class KLVideoAutoencoder:
     return x.reshape(b, t, *x.shape[1:])
 
 
+def diffusers_config(cfg: KLConfig) -> dict:
+  """The diffusers config.json of an AutoencoderKL architecture (what `from_diffusers` reads)."""
+  n = len(cfg.block_out_channels)
+  return {"_class_name": "AutoencoderKL", "act_fn": "silu",
+          "block_out_channels": list(cfg.block_out_channels),
+          "down_block_types": ["DownEncoderBlock2D"] * n,
+          "up_block_types": ["UpDecoderBlock2D"] * n,
+          "in_channels": cfg.in_channels, "out_channels": cfg.out_channels,
+          "latent_channels": cfg.latent_channels, "layers_per_block": cfg.layers_per_block,
+          "norm_num_groups": cfg.norm_num_groups,
+          "mid_block_add_attention": cfg.mid_block_add_attention,
+          "use_quant_conv": cfg.use_quant_conv, "use_post_quant_conv": cfg.use_post_quant_conv,
+          "scaling_factor": cfg.scaling_factor, "shift_factor": cfg.shift_factor}
+
+
+def save_autoencoder_kl(model: AutoencoderKL, folder: str) -> str:
+  """Writes `model` as a diffusers folder (config.json + diffusion_pytorch_model.safetensors,
+  PyTorch layout) that diffusers and `load_autoencoder_kl` both read; files land atomically."""
+  import json
+  import os
+  from safetensors.numpy import save_file
+  os.makedirs(folder, exist_ok=True)
+  weights = os.path.join(folder, WEIGHT_FILES[0])
+  save_file(W.torch_state_dict(model), weights + ".tmp", metadata={"format": "pt"})
+  os.replace(weights + ".tmp", weights)
+  config = os.path.join(folder, "config.json")
+  with open(config + ".tmp", "w") as f:
+    json.dump(diffusers_config(model.cfg), f, indent=2, sort_keys=True)
+  os.replace(config + ".tmp", config)
+  return folder
+
+
 def load_autoencoder_kl(path: str, config_path: str | None = None) -> AutoencoderKL:
   """Builds an AutoencoderKL from a local diffusers folder or .safetensors (+ config.json)."""
   config, config_file, files, source = W.resolve_checkpoint(path, WEIGHT_FILES, config_path)

@@ -248,6 +248,25 @@ def key_map(model: nnx.Module, prefix: str = "") -> dict[str, tuple[nnx.Param, C
   return out
 
 
+# JAX parameter -> PyTorch tensor: the inverse of each import transform above.
+_TO_TORCH = {
+    identity: identity,
+    conv_oihw_to_hwio: lambda x: np.transpose(x, (3, 2, 0, 1)),
+    linear_out_in_to_in_out: np.transpose,
+}
+
+
+def torch_state_dict(model: nnx.Module, prefix: str = "") -> dict[str, np.ndarray]:
+  """The checkpoint tensors of `model` in PyTorch layout under their checkpoint keys (the
+  inverse of `load_into`): what a diffusers / transformers folder holds for it."""
+  out = {}
+  for k, (param, transform, _) in key_map(model, prefix).items():
+    if transform not in _TO_TORCH:
+      raise TypeError(f"torch_state_dict: no inverse layout for {k} ({transform.__name__})")
+    out[k] = np.ascontiguousarray(_TO_TORCH[transform](np.asarray(param[...], np.float32)))
+  return out
+
+
 def _load_file(f: str) -> dict[str, np.ndarray]:
   """All tensors of one safetensors file as numpy; bfloat16 (no numpy dtype) widened to f32."""
   out = {}
