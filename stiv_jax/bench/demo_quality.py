@@ -1,7 +1,10 @@
 """`stiv-bench demo-quality`: trains the CPU demo recipe and scores what its model generates.
 
-Writes the synthetic corpus with the fast path (stiv_jax.data.synthetic.write_synthetic_shards:
-single-scene clips that show their whole motion, as the demo's video pipeline output does),
+Writes the synthetic corpus with the fast path (stiv_jax.data.synthetic.write_synthetic_shards)
+as the clips `make demo`'s video pipeline leaves: single-scene clips that show their whole
+motion, about 1.25 per video (a quarter of the videos hold a hard cut: two scenes), and no fade to
+black (the pipeline trims the dim end of a fade: under 5% of its clips dim at all, none below 0.7
+of their first frame's range, where a fast-path clip with fade_fraction 0.25 halves it),
 trains `config_schema.demo_train_config()` with the real train loop (its during-training
 evaluation included), then samples the HELD-OUT prompts (stiv_jax/eval/prompts) at the
 recipe's default steps and guidance: t2v, and ti2v from rendered first frames
@@ -17,10 +20,13 @@ import shutil
 import tempfile
 import time
 
+# Clips the video pipeline makes of one synthetic demo video: a quarter of them hold a hard cut
+# (stiv_jax.data.synthetic.sample_video's cut_fraction), so two scenes (make demo: 512 -> 646).
+CLIPS_PER_VIDEO = 1.25
+
 
 def main(argv: list[str] | None = None) -> None:
   from stiv_jax import config_schema as schema
-  from stiv_jax.data import synthetic as corpus
   from stiv_jax.eval import synthetic, synthetic_suite
   from stiv_jax.models.encoders.base import build_text_encoder, build_vae
   from stiv_jax.train import checkpoint as ckpt_lib
@@ -28,7 +34,8 @@ def main(argv: list[str] | None = None) -> None:
 
   p = argparse.ArgumentParser(prog="stiv-bench demo-quality", description=__doc__)
   p.add_argument("--workdir", default="", help="run folder (default: a temp dir, removed)")
-  p.add_argument("--num_videos", type=int, default=schema.DEMO_NUM_VIDEOS)
+  p.add_argument("--num_clips", type=int, default=round(schema.DEMO_NUM_VIDEOS * CLIPS_PER_VIDEO),
+                 help="fast-path clips (default: what make demo's pipeline makes of its videos)")
   p.add_argument("--steps", type=int, default=0, help="train steps (0: the recipe's)")
   p.add_argument("--prompts", default="heldout", help="'heldout', 'tune' or a prompts file")
   p.add_argument("--args", default="", help="demo config arguments, e.g. 'tiny'")
@@ -47,12 +54,8 @@ def main(argv: list[str] | None = None) -> None:
   try:
     shards = os.path.join(root, "data", "shards")
     vae, text = build_vae(config.vae), build_text_encoder(config.text)
-    size = int(config.model.latent_height) * int(config.vae.spatial_factor)
     if not os.path.exists(os.path.join(shards, "manifest.json")):
-      corpus.write_synthetic_shards(shards, num_videos=args.num_videos, seed=0, vae=vae,
-                                    text_encoder=text, size=size,
-                                    frames=(int(config.model.num_frames),), overwrite=True,
-                                    stride=schema.DEMO_STRIDE)
+      write_demo_clips(shards, config, vae, text, args.num_clips)
     data_s = time.perf_counter() - start
     config.data.path = shards
     run_dir = os.path.join(root, "run")
@@ -86,6 +89,18 @@ def main(argv: list[str] | None = None) -> None:
     if tmp:
       shutil.rmtree(tmp, ignore_errors=True)
   print(json.dumps(out))
+
+
+def write_demo_clips(shards: str, config, vae, text, num_clips: int) -> dict:
+  """The fast path's stand-in for `make demo`'s pipeline output (latent shards at `shards`):
+  single-scene clips at the recipe's frames and stride, none fading to black; -> manifest."""
+  from stiv_jax import config_schema as schema
+  from stiv_jax.data import synthetic as corpus
+  size = int(config.model.latent_height) * int(config.vae.spatial_factor)
+  return corpus.write_synthetic_shards(shards, num_videos=num_clips, seed=0, vae=vae,
+                                       text_encoder=text, size=size,
+                                       frames=(int(config.model.num_frames),), overwrite=True,
+                                       stride=schema.DEMO_STRIDE, fade_fraction=0.0)
 
 
 def _eval_seconds(metrics_path: str) -> float:
