@@ -24,8 +24,8 @@ import ml_collections
 import numpy as np
 
 from stiv_jax.data.synthetic import (  # re-exported: the renderer and the shard fast path
-    COLORS, DIRECTIONS, SHAPES, SceneSpec, VideoSpec, caption_for, check_size, render_scene,
-    render_video, sample_scene, sample_video, shape_mask, shard_clip_spec, video_rng,
+    COLORS, CUT_FRACTION, DIRECTIONS, SHAPES, SceneSpec, VideoSpec, caption_for, check_size,
+    render_scene, render_video, sample_scene, sample_video, shape_mask, shard_clip_spec, video_rng,
     write_synthetic_shards)
 
 __all__ = ["COLORS", "DIRECTIONS", "SHAPES", "SceneSpec", "VideoSpec", "caption_for",
@@ -74,7 +74,7 @@ def _video_sidecar(spec: VideoSpec, name: str, *, fps: int, size: int, seed: int
 
 
 def write_synthetic_videos(output: str, *, num_videos: int, seed: int, size: int = 64,
-                           frames: int = 48, fps: int = 24, cut_fraction: float = 0.25,
+                           frames: int = 48, fps: int = 24, cut_fraction: float = CUT_FRACTION,
                            fade_fraction: float = 0.25, codec: str = "auto") -> list[str]:
   """Writes video_XXXXX.mp4 + video_XXXXX.json (caption sidecar) per video; returns the paths."""
   check_size(size, 2)
@@ -121,7 +121,7 @@ def _parse_synth_args(argv: list[str], shards: bool) -> argparse.Namespace:
   else:
     p.add_argument("--frames", type=int, default=48, help="frames per video")
     p.add_argument("--fps", type=int, default=24)
-    p.add_argument("--cut-fraction", type=float, default=0.25,
+    p.add_argument("--cut-fraction", type=float, default=CUT_FRACTION,
                    help="share of videos made of two scenes joined by a hard cut")
     p.add_argument("--codec", default="auto", help="libx264, mpeg4 or auto (first available)")
   args = p.parse_args(argv)

@@ -141,4 +141,4 @@ def test_bench_clips_are_what_the_demo_pipeline_leaves(tmp_path):
     pixels = np.asarray(vae.decode(np.asarray(rec.latents, np.float32)))
     peak = pixels.reshape(pixels.shape[0], -1).max(-1)
     assert peak[-1] >= 0.9 * peak[0], (i, peak)   # a fading clip's last frame is at half
-  assert round(schema.DEMO_NUM_VIDEOS * demo_quality.CLIPS_PER_VIDEO) == 640
+  assert round(schema.DEMO_NUM_VIDEOS * demo_quality.clips_per_video()) == 640

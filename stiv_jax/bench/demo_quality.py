@@ -20,9 +20,12 @@ import shutil
 import tempfile
 import time
 
-# Clips the video pipeline makes of one synthetic demo video: a quarter of them hold a hard cut
-# (stiv_jax.data.synthetic.sample_video's cut_fraction), so two scenes (make demo: 512 -> 646).
-CLIPS_PER_VIDEO = 1.25
+
+def clips_per_video() -> float:
+  """Clips the video pipeline makes of one synthetic demo video: the share with a hard cut gives
+  two scenes (make demo: 512 videos -> 646 clips)."""
+  from stiv_jax.data import synthetic as corpus
+  return 1.0 + corpus.CUT_FRACTION
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -34,7 +37,7 @@ def main(argv: list[str] | None = None) -> None:
 
   p = argparse.ArgumentParser(prog="stiv-bench demo-quality", description=__doc__)
   p.add_argument("--workdir", default="", help="run folder (default: a temp dir, removed)")
-  p.add_argument("--num_clips", type=int, default=round(schema.DEMO_NUM_VIDEOS * CLIPS_PER_VIDEO),
+  p.add_argument("--num_clips", type=int, default=round(schema.DEMO_NUM_VIDEOS * clips_per_video()),
                  help="fast-path clips (default: what make demo's pipeline makes of its videos)")
   p.add_argument("--steps", type=int, default=0, help="train steps (0: the recipe's)")
   p.add_argument("--prompts", default="heldout", help="'heldout', 'tune' or a prompts file")

@@ -29,6 +29,8 @@ DIRECTIONS: dict[str, tuple[int, int]] = {  # (dx, dy) in image coordinates (y g
 # are whole latent pixels, which at 0.12-0.18 (the first corpus) they were not, and the demo
 # model drew every circle as a square (WORKSPACE.md, "Demo quality", sixth session).
 RADIUS_RANGE = (0.16, 0.22)
+# Share of generated videos holding a hard cut (two scenes): what a video pipeline splits.
+CUT_FRACTION = 0.25
 
 
 def caption_for(color: str, shape: str, direction: str) -> str:
@@ -140,7 +142,7 @@ def render_video(spec: VideoSpec, *, size: int) -> np.ndarray:
 
 
 def sample_video(rng: np.random.Generator, *, size: int, num_frames: int,
-                 cut_fraction: float = 0.25, fade_fraction: float = 0.25) -> VideoSpec:
+                 cut_fraction: float = CUT_FRACTION, fade_fraction: float = 0.25) -> VideoSpec:
   """A random video: two scenes with a hard cut with probability cut_fraction, a fade-out over
   the last quarter with probability fade_fraction (both decided by the rng)."""
   two = num_frames >= 4 and rng.random() < cut_fraction
